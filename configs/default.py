@@ -1,0 +1,71 @@
+"""Colab GPU/TPU setting: 256 x 256, a wider U-Net, long schedule.
+
+Every field can be overridden on the command line, e.g.
+`--config.train.num_epochs=50 --config.data.manual_dir=/content/archive.zip`.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Compute in bfloat16 (parameters, loss and metrics stay float32). Good on TPU/A100+.
+  config.half_precision = False
+
+  config.data = data = ml_collections.ConfigDict()
+  data.source = 'busi'  # 'busi' (TFDS builder over the Kaggle download) or 'synthetic'.
+  # Where the user's Kaggle download lives: the extracted `Dataset_BUSI_with_GT/` folder (or a
+  # parent of it), or `archive.zip`. Only read when the TFDS dataset is not built yet.
+  data.manual_dir = '../shared/data/busi'
+  data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets).
+  data.image_size = 256
+  data.include_normal_in_train = True  # Normal scans teach the net to predict "no lesion".
+  data.cache = True
+  data.shuffle_buffer = 1024
+  data.augment = augment = ml_collections.ConfigDict()
+  augment.enabled = True
+  augment.flip_left_right = True
+  augment.flip_up_down = False  # Ultrasound has a physical top (the probe); keep it.
+  augment.max_rotation_deg = 10.0
+  augment.max_scale = 0.15  # Zoom in/out by up to 15%.
+  augment.max_shift = 0.08  # Fraction of the image size.
+  augment.brightness = 0.1
+  augment.contrast = 0.2
+  augment.gamma = 0.2
+  augment.speckle_std = 0.05  # Multiplicative (Rayleigh-like) noise, as in ultrasound.
+  # Synthetic demo data (data.source='synthetic').
+  data.synthetic = synthetic = ml_collections.ConfigDict()
+  synthetic.num_train = 96
+  synthetic.num_validation = 16
+  synthetic.num_test = 24
+
+  config.model = model = ml_collections.ConfigDict()
+  model.base_features = 32
+  model.depth = 4
+  model.norm = 'batch'  # 'batch' | 'group' | 'none'
+  model.dropout = 0.1  # In the bottleneck only.
+  model.upsample = 'transpose'  # 'transpose' | 'resize'
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 16  # Global batch, split over all devices.
+  train.num_epochs = 120
+  train.optimizer = 'adamw'  # 'adam' | 'adamw'
+  train.learning_rate = 1e-3
+  train.warmup_epochs = 3
+  train.weight_decay = 1e-4
+  train.grad_clip_norm = 1.0  # 0 disables clipping.
+  train.dice_weight = 1.0
+  train.bce_weight = 1.0
+  train.log_every_steps = 10
+  train.eval_every_epochs = 2
+  train.checkpoint_every_epochs = 2
+  train.keep_checkpoints = 2  # Latest K, plus the best by validation Dice.
+
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.batch_size = 16
+  evaluate.threshold = 0.5
+  # A normal scan counts as correctly "empty" when the predicted lesion covers fewer pixels
+  # than this (at the original resolution).
+  evaluate.min_lesion_area = 64
+  evaluate.split = 'test'  # Used by --mode=evaluate; any TFDS split expression.
+  return config

@@ -1,0 +1,53 @@
+"""Dice + BCE against hand computations."""
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unet_flax import losses
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_bce_matches_hand_computation():
+  logits = jnp.array([[[[2.0], [-1.0]], [[0.0], [3.0]]]])  # (1, 2, 2, 1)
+  masks = jnp.array([[[[1.0], [0.0]], [[1.0], [0.0]]]])
+  expected = -(math.log(_sigmoid(2.0)) + math.log(1 - _sigmoid(-1.0)) +
+               math.log(_sigmoid(0.0)) + math.log(1 - _sigmoid(3.0))) / 4
+  assert float(losses.bce_loss(logits, masks)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_bce_is_finite_for_extreme_logits():
+  logits = jnp.array([[[[1000.0]], [[-1000.0]]]])
+  masks = jnp.array([[[[0.0]], [[1.0]]]])
+  assert float(losses.bce_loss(logits, masks)) == pytest.approx(1000.0, rel=1e-6)
+
+
+def test_soft_dice_matches_hand_computation_per_image():
+  logits = jnp.array([[[[2.0], [-1.0]], [[0.0], [3.0]]],
+                      [[[0.5], [0.5]], [[0.5], [0.5]]]])
+  masks = jnp.array([[[[1.0], [0.0]], [[1.0], [0.0]]],
+                     [[[0.0], [0.0]], [[0.0], [0.0]]]])
+  p = [_sigmoid(v) for v in (2.0, -1.0, 0.0, 3.0)]
+  first = 1 - (2 * (p[0] + p[2]) + 1) / (sum(p) + 2 + 1)
+  second = 1 - 1 / (4 * _sigmoid(0.5) + 1)  # Empty mask: only the smoothing term survives.
+  expected = (first + second) / 2
+  assert float(losses.soft_dice_loss(logits, masks)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_empty_mask_loss_is_small_for_confident_background_and_large_otherwise():
+  masks = jnp.zeros((1, 8, 8, 1))
+  assert float(losses.soft_dice_loss(jnp.full((1, 8, 8, 1), -20.0), masks)) < 1e-6
+  assert float(losses.soft_dice_loss(jnp.full((1, 8, 8, 1), 20.0), masks)) > 0.98
+
+
+def test_dice_bce_weights():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(2, 4, 4, 1)), jnp.float32)
+  masks = jnp.asarray(rng.random((2, 4, 4, 1)) > 0.5, jnp.float32)
+  combined = losses.dice_bce_loss(logits, masks, dice_weight=0.3, bce_weight=2.0)
+  expected = 0.3 * losses.soft_dice_loss(logits, masks) + 2.0 * losses.bce_loss(logits, masks)
+  assert float(combined) == pytest.approx(float(expected), rel=1e-6)

@@ -1,0 +1,62 @@
+"""Dice/IoU and the summary against hand-made masks, including empty ones."""
+import math
+
+import numpy as np
+import pytest
+
+from unet_flax import metrics
+
+
+def _box(shape, top, left, height, width):
+  mask = np.zeros(shape, bool)
+  mask[top:top + height, left:left + width] = True
+  return mask
+
+
+def test_dice_and_iou_of_overlapping_boxes():
+  truth = _box((10, 12), 2, 2, 4, 4)  # 16 px
+  pred = _box((10, 12), 4, 2, 4, 4)   # 16 px, 8 shared
+  score = metrics.score_image('benign (1)', 0, pred, truth)
+  assert score.dice == pytest.approx(2 * 8 / 32)
+  assert score.iou == pytest.approx(8 / 24)
+  assert (score.gt_area, score.pred_area) == (16, 16)
+
+
+def test_empty_prediction_on_lesion_scores_zero():
+  score = metrics.score_image('malignant (3)', 1, np.zeros((5, 5)), _box((5, 5), 0, 0, 2, 2))
+  assert score.dice == 0.0 and score.iou == 0.0
+
+
+def test_both_empty_is_perfect_and_normal_images_get_nan():
+  assert metrics.score_image('benign (9)', 0, np.zeros((4, 4)), np.zeros((4, 4))).dice == 1.0
+  normal = metrics.score_image('normal (1)', 2, _box((4, 4), 0, 0, 1, 2), np.zeros((4, 4)))
+  assert math.isnan(normal.dice) and normal.pred_area == 2
+
+
+def test_shape_mismatch_names_the_image():
+  with pytest.raises(ValueError, match='benign \\(2\\)'):
+    metrics.score_image('benign (2)', 0, np.zeros((4, 5)), np.zeros((5, 4)))
+
+
+def test_summary_per_class_pooled_and_normal_empty_rate():
+  truth = _box((10, 10), 0, 0, 5, 5)  # 25 px
+  scores = [
+      metrics.score_image('benign (1)', 0, truth, truth),                        # Dice 1
+      metrics.score_image('benign (2)', 0, _box((10, 10), 0, 0, 5, 1), truth),   # 2*5/30
+      metrics.score_image('malignant (1)', 1, np.zeros((10, 10)), truth),        # 0
+      metrics.score_image('normal (1)', 2, np.zeros((10, 10)), np.zeros((10, 10))),
+      metrics.score_image('normal (2)', 2, _box((10, 10), 0, 0, 3, 3), np.zeros((10, 10))),
+  ]
+  summary = metrics.summarize(scores, min_lesion_area=5)
+  benign = [1.0, 10 / 30]
+  assert summary['benign']['dice']['mean'] == pytest.approx(np.mean(benign))
+  assert summary['benign']['dice']['std'] == pytest.approx(np.std(benign))
+  assert summary['malignant']['dice']['mean'] == 0.0
+  assert summary['lesion']['dice']['n'] == 3
+  assert summary['lesion']['dice']['mean'] == pytest.approx((1 + 10 / 30) / 3)
+  # Pooled: intersections 25 + 5 + 0 over areas (50 + 30 + 25).
+  assert summary['pooled_dice'] == pytest.approx(2 * 30 / 105)
+  # normal (2) predicts 9 px >= 5: not empty.
+  assert summary['normal'] == {'empty_rate': 0.5, 'n': 2, 'min_lesion_area': 5}
+  table = metrics.format_table(summary, 'PROTOCOL LINE')
+  assert table.splitlines()[0] == 'PROTOCOL LINE' and 'benign' in table

@@ -1,0 +1,1 @@
+"""JAX/Flax side of busi-unet: model, losses, metrics, training, evaluation, Grad-CAM."""

@@ -1,0 +1,123 @@
+"""Orbax checkpoints: the latest K for resuming, and the best by validation Dice.
+
+Two `CheckpointManager`s under `<workdir>/checkpoints/`: `latest/` keeps the full train state
+(parameters, BatchNorm statistics, optimizer state) of the last K epochs so that a re-run
+resumes; `best/` keeps only the inference variables of the epoch with the highest validation
+Dice. Orbax writes into a temporary directory and renames it when complete, so a run killed
+mid-save never resumes from a half-written checkpoint.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from unet_flax import model as model_lib
+
+CONFIG_FILE = 'config.json'
+
+
+def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False))
+
+
+class Checkpoints:
+  """The two managers of one workdir."""
+
+  def __init__(self, workdir: str, keep: int):
+    root = os.path.join(workdir, 'checkpoints')
+    self.latest = _manager(os.path.join(root, 'latest'), keep)
+    self.best = _manager(os.path.join(root, 'best'), 1)
+
+  def save_latest(self, step: int, state, meta: dict) -> None:
+    self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  def restore_latest(self, abstract_state):
+    """Returns (state, meta) of the newest complete checkpoint, or (None, None)."""
+    step = self.latest.latest_step()
+    if step is None:
+      return None, None
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return restored.state, restored.meta
+
+  def save_best(self, step: int, variables, meta: dict) -> None:
+    self.best.save(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def best_meta(self) -> dict | None:
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    return self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+  def restore_best(self, abstract_variables):
+    step = self.best.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'No best checkpoint under {self.best.directory}: train first '
+                              '(the best checkpoint is written after the first evaluation).')
+    restored = self.best.restore(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(abstract_variables), meta=ocp.args.JsonRestore()))
+    return restored.variables, restored.meta
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def _lookup(config: ml_collections.ConfigDict, dotted: str):
+  value = config
+  for key in dotted.split('.'):
+    value = value[key]
+  return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes config.json; refuses a workdir whose checkpoints have another model shape.
+
+  Resuming such a workdir would either crash inside orbax or, worse, silently train a
+  different experiment than the one configured.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    saved = load_config(workdir)
+    for name in ('model', 'data.image_size', 'data.source'):
+      old, new = _lookup(saved, name), _lookup(config, name)
+      if old != new:
+        raise ValueError(
+            f'{path} was written for config.{name}={old}, but this run asks for {new}. '
+            f'Resuming would mix two experiments: use a new --workdir, or delete {workdir} '
+            'to start fresh.')
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: is {workdir!r} a training workdir?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None):
+  """(config, model, variables) of a workdir's best checkpoint, for evaluate/predict."""
+  config = config or load_config(workdir)
+  model = model_lib.create_model(config.model, config.half_precision)
+  size = config.data.image_size
+  abstract = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1))))
+  checkpoints = Checkpoints(workdir, keep=1)
+  try:
+    variables, meta = checkpoints.restore_best(abstract)
+  finally:
+    checkpoints.close()
+  del meta
+  return config, model, variables

@@ -1,0 +1,119 @@
+"""Evaluation at the original resolution, and the report files it leaves behind.
+
+The network sees a resized image; its logits are upsampled (bilinear) back to each image's
+original size and thresholded there, because that is the mask a clinician would look at.
+"""
+import csv
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from unet_flax import checkpointing
+from unet_flax import imaging
+from unet_flax import metrics as metrics_lib
+from unet_flax import sharding
+from unet_flax import visualize
+
+SAMPLES_PER_CLASS = 4  # Images per class kept for the prediction grid figure.
+
+
+class Predictor:
+  """A jit-compiled forward pass over data-sharded batches (BatchNorm in inference mode)."""
+
+  def __init__(self, model, mesh, batch_size: int):
+    sharding.check_batch_size(batch_size, 'eval.batch_size')
+    self.mesh = mesh
+    self._apply = jax.jit(
+        lambda variables, images: model.apply(variables, images, train=False)[..., 0],
+        in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
+        out_shardings=sharding.replicated(mesh))
+
+  def logits(self, variables, images: np.ndarray) -> np.ndarray:
+    """(B, S, S) logits; a batch not divisible by the device count is padded, then cut."""
+    padded, n = sharding.pad_batch({'image': images}, jax.device_count())
+    images = sharding.global_batch(padded, self.mesh)['image']
+    return np.asarray(jax.device_get(self._apply(variables, images)))[:n]
+
+  def evaluate(self, variables, batches, eval_config, desc: str = 'evaluate'):
+    """Scores every image of `batches` (from `input_pipeline.eval_batches`).
+
+    Returns (scores, summary, samples); samples are a few (image, truth, prediction, score)
+    tuples per class at the original size, for figures.
+    """
+    scores, samples = [], []
+    for batch in tqdm(batches, desc=desc, unit='batch', leave=False):
+      logits = self.logits(variables, batch['image'])
+      for i, logit in enumerate(logits):
+        h, w = int(batch['orig_height'][i]), int(batch['orig_width'][i])
+        pred = imaging.resize_map(logit, h, w) > _logit(eval_config.threshold)
+        truth = batch['orig_mask'][i, :h, :w]
+        score = metrics_lib.score_image(batch['image_id'][i].decode(), int(batch['label'][i]),
+                                        pred, truth)
+        scores.append(score)
+        if sum(s[3].label == score.label for s in samples) < SAMPLES_PER_CLASS:
+          samples.append((batch['orig_image'][i, :h, :w], truth, pred, score))
+    return scores, metrics_lib.summarize(scores, eval_config.min_lesion_area), samples
+
+
+def _logit(probability: float) -> float:
+  return float(np.log(probability / (1.0 - probability)))
+
+
+def protocol(config, split: str, summary: dict, checkpoint_note: str) -> str:
+  """The sentence that must stand next to every number."""
+  source = ('SYNTHETIC DEMO data' if config.data.source == 'synthetic'
+            else 'BUSI (duplicate-group-aware split)')
+  return (f"{source}, split '{split}', {summary['num_images']} images; Dice/IoU per lesion "
+          f'image at the ORIGINAL resolution (logits upsampled from '
+          f'{config.data.image_size}x{config.data.image_size}, threshold '
+          f'{config.eval.threshold}); checkpoint: {checkpoint_note}.')
+
+
+def write_report(scores, summary: dict, samples, protocol_text: str, out_dir: str,
+                 split: str) -> None:
+  """summary.json, per_image.csv and predictions.png under `out_dir/<split>/` (process 0)."""
+  if jax.process_index() != 0:
+    return
+  out_dir = os.path.join(out_dir, split.replace('[', '_').replace(']', '').replace(':', '-'))
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
+    json.dump({'protocol': protocol_text, 'split': split, **summary}, f, indent=2)
+  with open(os.path.join(out_dir, 'per_image.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=[field.name for field in
+                                           dataclasses.fields(metrics_lib.ImageScore)])
+    writer.writeheader()
+    for score in scores:
+      row = dataclasses.asdict(score)
+      row['label'] = metrics_lib.CLASS_NAMES[score.label]
+      writer.writerow(row)
+  visualize.prediction_grid(samples, os.path.join(out_dir, 'predictions.png'),
+                            title=protocol_text)
+
+
+def evaluate_and_report(predictor, variables, config, raw_split, split: str, out_dir: str,
+                        checkpoint_note: str) -> dict:
+  from data import input_pipeline  # data/ owns TensorFlow.
+  batches = input_pipeline.eval_batches(raw_split, config.data,
+                                        batch_size=config.eval.batch_size)
+  scores, summary, samples = predictor.evaluate(variables, batches, config.eval, desc=split)
+  protocol_text = protocol(config, split, summary, checkpoint_note)
+  print(metrics_lib.format_table(summary, protocol_text))
+  write_report(scores, summary, samples, protocol_text, out_dir, split)
+  return summary
+
+
+def evaluate_workdir(workdir: str, config, split: str) -> dict:
+  """--mode=evaluate: the workdir's best checkpoint on any split expression of any build."""
+  from data import input_pipeline  # data/ owns TensorFlow.
+  raw_split = input_pipeline.load_split(config.data, split)
+  _, model, variables = checkpointing.load_inference(workdir, config)
+  best = checkpointing.Checkpoints(workdir, keep=1).best_meta()
+  predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size)
+  return evaluate_and_report(
+      predictor, variables, config, raw_split, split, os.path.join(workdir, 'eval'),
+      checkpoint_note=f"best of {workdir} (epoch {best['epoch']}, chosen on validation Dice "
+      f"{best['val_dice']:.4f})")

@@ -1,0 +1,88 @@
+"""Segmentation metrics at the resolution the clinician sees.
+
+Everything here works on binary numpy masks of one image at its original size, so the
+numbers do not depend on the network's working resolution.
+"""
+import dataclasses
+
+import numpy as np
+
+CLASS_NAMES = ('benign', 'malignant', 'normal')
+NORMAL = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageScore:
+  image_id: str
+  label: int
+  dice: float  # NaN for normal images (no lesion to overlap).
+  iou: float
+  gt_area: int
+  pred_area: int
+
+
+def score_image(image_id: str, label: int, pred: np.ndarray, truth: np.ndarray) -> ImageScore:
+  """Dice and IoU of one binary prediction against its ground truth.
+
+  Both empty counts as a perfect match (1.0), the convention that keeps an empty ground truth
+  from dividing by zero; a normal image gets NaN since its quality is judged by emptiness.
+  """
+  pred = pred.astype(bool)
+  truth = truth.astype(bool)
+  if pred.shape != truth.shape:
+    raise ValueError(f'{image_id}: prediction {pred.shape} and mask {truth.shape} differ.')
+  inter = int(np.logical_and(pred, truth).sum())
+  pred_area, gt_area = int(pred.sum()), int(truth.sum())
+  union = pred_area + gt_area - inter
+  if label == NORMAL:
+    dice = iou = float('nan')
+  elif union == 0:
+    dice = iou = 1.0
+  else:
+    dice = 2.0 * inter / (pred_area + gt_area)
+    iou = inter / union
+  return ImageScore(image_id, int(label), dice, iou, gt_area, pred_area)
+
+
+def _mean_std(values) -> dict:
+  values = np.asarray(values, dtype=np.float64)
+  if values.size == 0:
+    return {'mean': float('nan'), 'std': float('nan'), 'n': 0}
+  return {'mean': float(values.mean()), 'std': float(values.std()), 'n': int(values.size)}
+
+
+def summarize(scores: list[ImageScore], min_lesion_area: int) -> dict:
+  """Per-class mean +- std Dice/IoU, pooled Dice, and the normal-image empty rate.
+
+  `lesion` pools benign and malignant images (per-image mean); `pooled_dice` is
+  2*sum|P&G| / (sum|P| + sum|G|) over all lesion images, which weights big lesions more.
+  """
+  lesion = [s for s in scores if s.label != NORMAL]
+  normal = [s for s in scores if s.label == NORMAL]
+  summary = {'num_images': len(scores)}
+  for name, group in [('lesion', lesion)] + [
+      (CLASS_NAMES[c], [s for s in lesion if s.label == c]) for c in range(NORMAL)]:
+    summary[name] = {'dice': _mean_std([s.dice for s in group]),
+                     'iou': _mean_std([s.iou for s in group])}
+  # Pooled Dice from areas: |P&G| = (|P| + |G|) * dice / 2 per image.
+  inter = sum(s.dice * (s.pred_area + s.gt_area) / 2 for s in lesion)
+  total = sum(s.pred_area + s.gt_area for s in lesion)
+  summary['pooled_dice'] = float(2 * inter / total) if total else float('nan')
+  empty = [s.pred_area < min_lesion_area for s in normal]
+  summary['normal'] = {'empty_rate': float(np.mean(empty)) if normal else float('nan'),
+                       'n': len(normal), 'min_lesion_area': int(min_lesion_area)}
+  return summary
+
+
+def format_table(summary: dict, protocol: str) -> str:
+  """A plain-text table of a summary, with the protocol stated above the numbers."""
+  lines = [protocol, f"{'group':<10} {'n':>4} {'Dice mean+-std':>16} {'IoU mean+-std':>16}"]
+  for name in ('lesion',) + CLASS_NAMES[:NORMAL]:
+    d, i = summary[name]['dice'], summary[name]['iou']
+    lines.append(f"{name:<10} {d['n']:>4} {d['mean']:>8.3f}+-{d['std']:.3f}"
+                 f"{i['mean']:>10.3f}+-{i['std']:.3f}")
+  lines.append(f"pooled Dice (lesion images): {summary['pooled_dice']:.3f}")
+  n = summary['normal']
+  lines.append(f"normal images predicted empty (< {n['min_lesion_area']} px): "
+               f"{n['empty_rate']:.3f} of {n['n']}")
+  return '\n'.join(lines)

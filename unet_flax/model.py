@@ -1,0 +1,111 @@
+"""A readable linen U-Net whose blocks are named, so any of them can be inspected.
+
+Layout (Ronneberger et al. 2015): per level two (3x3 conv, norm, ReLU); 2x2 max-pool down;
+2x upsampling (transposed conv or resize + conv) up; skip concatenation; 1x1 conv head that
+returns one channel of lesion logits. Every block's output is `sow`n into the 'intermediates' collection and `perturb`s it in the 'perturbations'
+collection under `<block name>/activation`; both are no-ops unless asked for, and they let
+Grad-CAM read activations and take `jax.grad` with respect to them.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NORMS = ('batch', 'group', 'none')
+UPSAMPLES = ('transpose', 'resize')
+
+
+def layer_names(depth: int) -> list[str]:
+  """Names of the inspectable blocks, input side to output side."""
+  return ([f'encoder_{i}' for i in range(depth)] + ['bottleneck'] +
+          [f'decoder_{i}' for i in reversed(range(depth))])
+
+
+class ConvBlock(nn.Module):
+  """Two (3x3 conv, normalisation, ReLU), optional dropout; exposes its output."""
+  features: int
+  norm: str = 'batch'
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for i in range(2):
+      x = nn.Conv(self.features, (3, 3), use_bias=self.norm == 'none', dtype=self.dtype,
+                  name=f'conv_{i}')(x)
+      if self.norm == 'batch':
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                         name=f'norm_{i}')(x)
+      elif self.norm == 'group':
+        x = nn.GroupNorm(num_groups=min(8, self.features), dtype=self.dtype,
+                         name=f'norm_{i}')(x)
+      x = nn.relu(x)
+    if self.dropout:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = self.perturb('activation', x)
+    self.sow('intermediates', 'activation', x)
+    return x
+
+
+class Upsample(nn.Module):
+  """Doubles the spatial size and sets the channel count."""
+  features: int
+  method: str = 'transpose'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.method == 'transpose':
+      return nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), dtype=self.dtype)(x)
+    b, h, w, c = x.shape
+    x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method='bilinear')
+    return nn.Conv(self.features, (3, 3), dtype=self.dtype)(x)
+
+
+class UNet(nn.Module):
+  """U-Net returning float32 logits of shape (B, H, W, 1).
+
+  H and W must be divisible by 2**depth. `dtype` is the compute dtype (bfloat16 for mixed
+  precision); parameters stay float32.
+  """
+  base_features: int = 32
+  depth: int = 4
+  norm: str = 'batch'
+  dropout: float = 0.0
+  upsample: str = 'transpose'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.norm not in NORMS:
+      raise ValueError(f'model.norm must be one of {NORMS}, got {self.norm!r}')
+    if self.upsample not in UPSAMPLES:
+      raise ValueError(f'model.upsample must be one of {UPSAMPLES}, got {self.upsample!r}')
+    factor = 2**self.depth
+    if x.shape[1] % factor or x.shape[2] % factor:
+      raise ValueError(f'Image size {x.shape[1:3]} must be divisible by 2**depth = {factor}.')
+    x = x.astype(self.dtype)
+    skips = []
+    for level in range(self.depth):
+      x = ConvBlock(self.base_features * 2**level, self.norm, dtype=self.dtype,
+                    name=f'encoder_{level}')(x, train)
+      skips.append(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = ConvBlock(self.base_features * 2**self.depth, self.norm, self.dropout, self.dtype,
+                  name='bottleneck')(x, train)
+    for level in reversed(range(self.depth)):
+      features = self.base_features * 2**level
+      x = Upsample(features, self.upsample, self.dtype, name=f'upsample_{level}')(x)
+      x = jnp.concatenate([x, skips[level]], axis=-1)
+      x = ConvBlock(features, self.norm, dtype=self.dtype, name=f'decoder_{level}')(x, train)
+    logits = nn.Conv(1, (1, 1), dtype=self.dtype, name='head')(x)
+    return logits.astype(jnp.float32)
+
+
+def create_model(model_config, half_precision: bool = False) -> UNet:
+  """Builds the U-Net from `config.model`."""
+  return UNet(base_features=model_config.base_features, depth=model_config.depth,
+              norm=model_config.norm, dropout=model_config.dropout,
+              upsample=model_config.upsample,
+              dtype=jnp.bfloat16 if half_precision else jnp.float32)

@@ -1,0 +1,241 @@
+"""Training: TrainState, jit-compiled train/eval steps, and the epoch loop.
+
+`train_and_evaluate(config, workdir)` is the whole job: it resumes from the workdir's latest
+checkpoint, evaluates on the validation split at the original resolution to choose the best
+checkpoint, and at the end evaluates that best checkpoint once on the test split.
+"""
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+from unet_flax import checkpointing
+from unet_flax import evaluate
+from unet_flax import losses
+from unet_flax import model as model_lib
+from unet_flax import sharding
+from unet_flax import visualize
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+  dropout_rng: jax.Array
+
+
+def learning_rate_schedule(train_config, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up, then cosine decay to zero at the last step."""
+  total = train_config.num_epochs * steps_per_epoch
+  warmup = min(train_config.warmup_epochs * steps_per_epoch, total - 1)
+  return optax.warmup_cosine_decay_schedule(0.0, train_config.learning_rate, warmup, total)
+
+
+def create_optimizer(train_config, schedule) -> optax.GradientTransformation:
+  if train_config.optimizer == 'adam':
+    opt = optax.adam(schedule)
+  elif train_config.optimizer == 'adamw':
+    opt = optax.adamw(schedule, weight_decay=train_config.weight_decay)
+  else:
+    raise ValueError(f"train.optimizer must be 'adam' or 'adamw', got "
+                     f'{train_config.optimizer!r}')
+  if train_config.grad_clip_norm:
+    opt = optax.chain(optax.clip_by_global_norm(train_config.grad_clip_norm), opt)
+  return opt
+
+
+def create_train_state(rng, config, model, steps_per_epoch: int) -> TrainState:
+  size = config.data.image_size
+  init_rng, dropout_rng = jax.random.split(rng)
+  variables = model.init(init_rng, jnp.zeros((1, size, size, 1)))
+  schedule = learning_rate_schedule(config.train, steps_per_epoch)
+  return TrainState.create(
+      apply_fn=model.apply, params=variables['params'],
+      batch_stats=variables.get('batch_stats', {}),
+      tx=create_optimizer(config.train, schedule), dropout_rng=dropout_rng)
+
+
+def inference_variables(state: TrainState) -> dict:
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def train_step(state: TrainState, batch, *, dice_weight: float, bce_weight: float):
+  """One optimizer step. A non-finite loss or gradient leaves the state unchanged.
+
+  The returned metrics carry `finite`, so the loop can stop with the step's number; the
+  state is never poisoned by a NaN, and neither is any checkpoint written from it.
+  """
+  dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+    dice = losses.soft_dice_loss(logits, batch['mask'])
+    bce = losses.bce_loss(logits, batch['mask'])
+    return dice_weight * dice + bce_weight * bce, (updates, dice, bce)
+
+  (loss, (updates, dice, bce)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new_state = state.apply_gradients(grads=grads,
+                                    batch_stats=updates.get('batch_stats', {}))
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  metrics = {'loss': loss, 'dice_loss': dice, 'bce_loss': bce, 'grad_norm': grad_norm,
+             'finite': finite}
+  return new_state, metrics
+
+
+def compile_train_step(config, mesh):
+  """jit with explicit shardings: batch split over devices, state replicated and donated."""
+  step = functools.partial(train_step, dice_weight=config.train.dice_weight,
+                           bce_weight=config.train.bce_weight)
+  replicated = sharding.replicated(mesh)
+  return jax.jit(step, in_shardings=(replicated, sharding.data_sharded(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+class MetricsLog:
+  """`metrics.jsonl` plus TensorBoard, written by process 0 only.
+
+  On resume, lines from steps after the restored checkpoint are dropped, so the log continues
+  without duplicate steps.
+  """
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if not self.enabled:
+      return
+    kept = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [line for line in f if json.loads(line)['step'] <= resume_step]
+    with open(self.path, 'w') as f:
+      f.writelines(kept)
+    self.tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, **scalars) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'step': step, **scalars}) + '\n')
+    for name, value in scalars.items():
+      self.tensorboard.add_scalar(name, value, step)
+
+  def close(self) -> None:
+    if self.enabled:
+      self.tensorboard.close()
+
+
+def _stop_on_nonfinite(metrics: dict, step: int) -> None:
+  if not bool(metrics['finite']):
+    raise FloatingPointError(
+        f'Non-finite loss or gradient at step {step} (loss={float(metrics["loss"])}); the '
+        'update was not applied and no checkpoint after the last good one was written. '
+        'Lower train.learning_rate or enable train.grad_clip_norm.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, keeps the best checkpoint by validation Dice, and evaluates it on test once.
+
+  Returns the test summary (see `metrics.summarize`).
+  """
+  from data import input_pipeline  # data/ owns TensorFlow; imported only where needed.
+
+  factor = 2**config.model.depth
+  if config.data.image_size % factor:
+    raise ValueError(f'config.data.image_size={config.data.image_size} must be divisible by '
+                     f'2**model.depth = {factor}.')
+  mesh = sharding.create_mesh()
+  sharding.check_batch_size(config.train.batch_size)
+  if jax.process_index() == 0:
+    checkpointing.save_config(config, workdir)
+  local_batch = config.train.batch_size // jax.process_count()
+  splits = input_pipeline.load_splits(config.data, process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+  if config.data.source == 'synthetic':
+    logging.warning('DEMO RUN on synthetic ultrasound-like images: the numbers say nothing '
+                    'about BUSI.')
+  train_input = input_pipeline.TrainInput(splits['train'], config.data, batch_size=local_batch,
+                                          seed=config.seed)
+  steps_per_epoch = train_input.steps_per_epoch
+  total_steps = config.train.num_epochs * steps_per_epoch
+
+  model = model_lib.create_model(config.model, config.half_precision)
+  state = create_train_state(jax.random.key(config.seed), config, model, steps_per_epoch)
+  checkpoints = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
+  restored, meta = checkpoints.restore_latest(state)
+  if restored is not None:
+    state = restored
+    logging.info('Resumed from step %d (epoch %d).', int(state.step), meta['epoch'])
+  state = jax.device_put(state, sharding.replicated(mesh))
+  start_step = int(state.step)
+  start_epoch = start_step // steps_per_epoch
+  best = checkpoints.best_meta() or {'val_dice': -1.0}
+
+  p_train_step = compile_train_step(config, mesh)
+  predictor = evaluate.Predictor(model, mesh, config.eval.batch_size)
+  log = MetricsLog(workdir, start_step)
+  progress = tqdm(total=total_steps, initial=start_step, desc='train', unit='step',
+                  disable=jax.process_index() != 0, dynamic_ncols=True)
+  step = start_step
+  for epoch in range(start_epoch, config.train.num_epochs):
+    epoch_start = time.time()
+    running = []
+    for batch in train_input.epoch(epoch):
+      state, metrics = p_train_step(state, sharding.global_batch(batch, mesh))
+      step += 1
+      metrics = jax.device_get(metrics)
+      _stop_on_nonfinite(metrics, step)
+      running.append(float(metrics['loss']))
+      progress.update(1)
+      progress.set_postfix(epoch=epoch + 1, loss=f'{np.mean(running[-20:]):.4f}')
+      if step % config.train.log_every_steps == 0:
+        log.write(step, epoch=epoch + 1, train_loss=float(np.mean(running[-20:])),
+                  dice_loss=float(metrics['dice_loss']), bce_loss=float(metrics['bce_loss']),
+                  grad_norm=float(metrics['grad_norm']))
+    last_epoch = epoch + 1 == config.train.num_epochs
+    scalars = {'epoch': epoch + 1, 'epoch_loss': float(np.mean(running)),
+               'epoch_seconds': time.time() - epoch_start}
+    if (epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch:
+      summary = predictor.evaluate(inference_variables(state),
+                                   input_pipeline.eval_batches(splits['validation'], config.data,
+                                                               batch_size=config.eval.batch_size),
+                                   config.eval)[1]
+      val_dice = summary['lesion']['dice']['mean']
+      scalars.update(val_dice=val_dice, val_iou=summary['lesion']['iou']['mean'],
+                     val_normal_empty_rate=summary['normal']['empty_rate'])
+      if val_dice > best['val_dice']:
+        best = {'val_dice': val_dice, 'epoch': epoch + 1, 'step': step}
+        checkpoints.save_best(step, inference_variables(state), best)
+      progress.write(f'epoch {epoch + 1}: loss {scalars["epoch_loss"]:.4f}, validation Dice '
+                     f'{val_dice:.4f} (best {best["val_dice"]:.4f} at epoch {best["epoch"]})')
+    log.write(step, **scalars)
+    if (epoch + 1) % config.train.checkpoint_every_epochs == 0 or last_epoch:
+      checkpoints.save_latest(step, state, {'epoch': epoch + 1})
+  progress.close()
+  log.close()
+
+  variables, best = checkpoints.restore_best(
+      jax.eval_shape(lambda: inference_variables(state)))
+  checkpoints.close()
+  logging.info('Evaluating the best checkpoint (epoch %d, validation Dice %.4f) on test.',
+               best['epoch'], best['val_dice'])
+  test_summary = evaluate.evaluate_and_report(
+      predictor, variables, config, splits['test'], 'test',
+      os.path.join(workdir, 'eval'), checkpoint_note=f"epoch {best['epoch']}, chosen on "
+      f"validation Dice {best['val_dice']:.4f}")
+  if jax.process_index() == 0:
+    visualize.training_curves(log.path, os.path.join(workdir, 'training_curves.png'))
+  return test_summary
