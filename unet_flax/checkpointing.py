@@ -10,7 +10,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -111,9 +110,8 @@ def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None
   """(config, model, variables) of a workdir's best checkpoint, for evaluate/predict."""
   config = config or load_config(workdir)
   model = model_lib.create_model(config.model, config.half_precision)
-  size = config.data.image_size
   abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1))))
+      lambda: model_lib.init_variables(model, jax.random.key(0), config.data.image_size))
   checkpoints = Checkpoints(workdir, keep=1)
   try:
     variables, meta = checkpoints.restore_best(abstract)

@@ -109,3 +109,13 @@ def create_model(model_config, half_precision: bool = False) -> UNet:
               norm=model_config.norm, dropout=model_config.dropout,
               upsample=model_config.upsample,
               dtype=jnp.bfloat16 if half_precision else jnp.float32)
+
+
+def init_variables(model: UNet, rng, image_size: int) -> dict:
+  """Parameters and BatchNorm statistics only.
+
+  `init` also fills the 'perturbations' and 'intermediates' hook collections; they are not
+  state, so they are dropped here rather than trained, checkpointed or restored.
+  """
+  variables = model.init(rng, jnp.zeros((1, image_size, image_size, 1)))
+  return {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}

@@ -55,9 +55,8 @@ def create_optimizer(train_config, schedule) -> optax.GradientTransformation:
 
 
 def create_train_state(rng, config, model, steps_per_epoch: int) -> TrainState:
-  size = config.data.image_size
   init_rng, dropout_rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((1, size, size, 1)))
+  variables = model_lib.init_variables(model, init_rng, config.data.image_size)
   schedule = learning_rate_schedule(config.train, steps_per_epoch)
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'],

@@ -1,0 +1,54 @@
+"""The U-Net's shapes, named blocks, hooks and guard rails."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import default
+from unet_flax import model as model_lib
+
+
+@pytest.mark.parametrize('norm,upsample', [('batch', 'transpose'), ('group', 'resize'),
+                                           ('none', 'transpose')])
+def test_output_shape_and_dtype(norm, upsample):
+  model = model_lib.UNet(base_features=4, depth=2, norm=norm, upsample=upsample)
+  x = jnp.ones((2, 32, 48, 1))
+  variables = model.init(jax.random.key(0), x)
+  logits = model.apply(variables, x)
+  assert logits.shape == (2, 32, 48, 1) and logits.dtype == jnp.float32
+  assert ('batch_stats' in variables) == (norm == 'batch')
+
+
+def test_blocks_are_named_and_expose_activations():
+  model = model_lib.UNet(base_features=4, depth=3)
+  x = jnp.ones((1, 32, 32, 1))
+  variables = model.init(jax.random.key(0), x)
+  _, state = model.apply(variables, x, mutable=['intermediates'])
+  names = model_lib.layer_names(3)
+  assert names == ['encoder_0', 'encoder_1', 'encoder_2', 'bottleneck', 'decoder_2',
+                   'decoder_1', 'decoder_0']
+  shapes = {n: state['intermediates'][n]['activation'][0].shape for n in names}
+  assert shapes['encoder_0'] == (1, 32, 32, 4)
+  assert shapes['bottleneck'] == (1, 4, 4, 32)
+  assert shapes['decoder_0'] == (1, 32, 32, 4)
+
+
+def test_indivisible_size_is_refused():
+  model = model_lib.UNet(base_features=4, depth=3)
+  with pytest.raises(ValueError, match='divisible by 2\\*\\*depth = 8'):
+    model.init(jax.random.key(0), jnp.ones((1, 36, 32, 1)))
+
+
+def test_unknown_norm_is_refused():
+  with pytest.raises(ValueError, match="model.norm must be one of"):
+    model_lib.UNet(norm='layer').init(jax.random.key(0), jnp.ones((1, 32, 32, 1)))
+
+
+def test_create_model_follows_config_and_half_precision():
+  config = default.get_config()
+  config.model.base_features = 8
+  config.model.depth = 2
+  model = model_lib.create_model(config.model, half_precision=True)
+  assert (model.base_features, model.depth, model.dtype) == (8, 2, jnp.bfloat16)
+  variables = model.init(jax.random.key(0), jnp.ones((1, 16, 16, 1)))
+  assert variables['params']['encoder_0']['conv_0']['kernel'].dtype == jnp.float32
+  assert model.apply(variables, jnp.ones((1, 16, 16, 1))).dtype == jnp.float32

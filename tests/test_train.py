@@ -1,0 +1,117 @@
+"""The train step, the optimizer setup, the NaN guard and checkpoint round trips."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import synthetic
+from unet_flax import checkpointing
+from unet_flax import model as model_lib
+from unet_flax import sharding
+from unet_flax import train
+
+
+def _config():
+  config = synthetic.get_config()
+  config.data.image_size = 32
+  config.model.base_features = 4
+  config.model.depth = 2
+  config.train.warmup_epochs = 0
+  config.train.learning_rate = 3e-2
+  config.train.num_epochs = 100  # Long schedule: the rate stays near its peak in tests.
+  return config
+
+
+def _batch(size=32, n=4, seed=0):
+  """Dark discs on a brighter, noisy background: real-shaped image/mask pairs."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:size, :size]
+  masks = []
+  for _ in range(n):
+    cy, cx, r = rng.integers(8, size - 8, 2).tolist() + [int(rng.integers(3, 7))]
+    masks.append((yy - cy)**2 + (xx - cx)**2 <= r * r)
+  masks = np.stack(masks)[..., None].astype(np.float32)
+  images = (0.6 - 0.4 * masks) * rng.gamma(4.0, 0.25, masks.shape)
+  return {'image': np.clip(images, 0, 1).astype(np.float32), 'mask': masks}
+
+
+def _setup(config, steps_per_epoch=10):
+  model = model_lib.create_model(config.model)
+  mesh = sharding.create_mesh()
+  state = train.create_train_state(jax.random.key(0), config, model, steps_per_epoch)
+  return model, mesh, state, train.compile_train_step(config, mesh)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+  config = _config()
+  config.train.warmup_epochs = 2
+  config.train.num_epochs = 10
+  schedule = train.learning_rate_schedule(config.train, steps_per_epoch=5)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(10)) == pytest.approx(config.train.learning_rate)
+  assert float(schedule(50)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
+  config = _config()
+  _, mesh, state, step = _setup(config)
+  batch = sharding.global_batch(_batch(), mesh)
+  state, first = step(state, batch)
+  state, second = step(state, batch)
+  assert int(state.step) == 2
+  assert float(second['loss']) < float(first['loss'])
+
+
+def test_a_few_steps_overfit_a_tiny_batch():
+  config = _config()
+  _, mesh, state, step = _setup(config)
+  batch = sharding.global_batch(_batch(n=4, seed=1), mesh)
+  losses = []
+  for _ in range(60):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss']))
+  assert losses[-1] < 0.1 * losses[0]
+  assert float(metrics['dice_loss']) < 0.15
+
+
+def test_nonfinite_batch_leaves_state_unchanged_and_is_reported():
+  config = _config()
+  _, mesh, state, step = _setup(config)
+  before = jax.device_get(state.params)
+  bad = _batch()
+  bad['image'][0, 0, 0, 0] = np.nan
+  state, metrics = step(state, sharding.global_batch(bad, mesh))
+  assert not bool(metrics['finite'])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), before)
+  with pytest.raises(FloatingPointError, match='step 7'):
+    train._stop_on_nonfinite(jax.device_get(metrics), 7)
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
+  config = _config()
+  model, mesh, state, step = _setup(config)
+  for _ in range(3):
+    state, _ = step(state, sharding.global_batch(_batch(), mesh))
+  checkpoints = checkpointing.Checkpoints(str(tmp_path), keep=2)
+  checkpoints.save_latest(3, state, {'epoch': 1})
+  checkpoints.save_best(3, train.inference_variables(state), {'val_dice': 0.5, 'epoch': 1})
+  checkpoints.close()
+  checkpointing.save_config(config, str(tmp_path))
+
+  fresh = train.create_train_state(jax.random.key(1), config, model, 10)
+  restored, meta = checkpointing.Checkpoints(str(tmp_path), keep=2).restore_latest(fresh)
+  assert meta == {'epoch': 1} and int(restored.step) == 3
+  _, _, variables = checkpointing.load_inference(str(tmp_path))
+  images = jnp.asarray(_batch(seed=5)['image'])
+  expected = model.apply(train.inference_variables(state), images)
+  np.testing.assert_array_equal(model.apply(variables, images), expected)
+  np.testing.assert_array_equal(model.apply(train.inference_variables(restored), images),
+                                expected)
+
+
+def test_workdir_with_another_model_shape_is_refused(tmp_path):
+  config = _config()
+  checkpointing.save_config(config, str(tmp_path))
+  config.model.base_features = 8
+  with pytest.raises(ValueError, match='config.model=.*use a new --workdir'):
+    checkpointing.save_config(config, str(tmp_path))
