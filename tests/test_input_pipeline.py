@@ -1,0 +1,219 @@
+"""The tf.data pipeline on builder-shaped examples: shapes, alignment, determinism, errors."""
+import os
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import busi_fixtures
+from configs import default
+from data import input_pipeline
+from data import synthetic
+
+SIZE = 32
+
+
+def _config(**augment):
+  config = default.get_config().data
+  config.source = 'synthetic'
+  config.image_size = SIZE
+  config.shuffle_buffer = 64
+  config.synthetic.update(num_train=20, num_validation=5, num_test=7)
+  config.augment.update(augment)
+  return config
+
+
+def _raw(examples):
+  """A tf.data dataset of raw examples, as the TFDS builder yields them."""
+  signature = {
+      'image': tf.TensorSpec((None, None, 1), tf.uint8),
+      'mask': tf.TensorSpec((None, None, 1), tf.uint8),
+      'label': tf.TensorSpec((), tf.int64),
+      'image_id': tf.TensorSpec((), tf.string),
+      'num_masks': tf.TensorSpec((), tf.int32),
+      'dup_group': tf.TensorSpec((), tf.string),
+  }
+  return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=signature)
+
+
+def _bright_lesion_examples(num, seed=0):
+  """Scans whose bright pixels ARE the mask, so misalignment would show."""
+  rng = np.random.default_rng(seed)
+  examples = []
+  for i in range(num):
+    h, w = rng.integers(40, 90), rng.integers(40, 120)
+    mask = np.zeros((h, w, 1), np.uint8)
+    y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    mask[y:y + h // 2, x:x + w // 2] = 1
+    examples.append({'image': mask * 255, 'mask': mask, 'label': np.int64(0),
+                     'image_id': f'benign ({i})', 'num_masks': np.int32(1),
+                     'dup_group': str(i)})
+  return examples
+
+
+def _epoch(train_input, epoch):
+  return list(train_input.epoch(epoch))
+
+
+def test_train_batches_have_model_shapes_dtypes_and_ranges():
+  config = _config()
+  raw = input_pipeline.load_splits(config)['train']
+  train = input_pipeline.TrainInput(raw, config, batch_size=8, seed=0)
+  assert (train.num_examples, train.steps_per_epoch) == (20, 2)
+  batches = _epoch(train, 0)
+  assert len(batches) == 2  # drop_remainder: 20 // 8.
+  for batch in batches:
+    assert set(batch) == {'image', 'mask'}
+    for key in ('image', 'mask'):
+      assert batch[key].shape == (8, SIZE, SIZE, 1) and batch[key].dtype == np.float32
+    assert 0.0 <= batch['image'].min() and batch['image'].max() <= 1.0
+    assert set(np.unique(batch['mask'])) <= {0.0, 1.0}
+
+
+def test_geometric_augmentation_moves_image_and_mask_together():
+  config = _config(max_rotation_deg=20.0, max_scale=0.2, max_shift=0.1, brightness=0.0,
+                   contrast=0.0, gamma=0.0, speckle_std=0.0)
+  raw = _raw(_bright_lesion_examples(16))
+  train = input_pipeline.TrainInput(raw, config, batch_size=16, seed=1)
+  [batch] = _epoch(train, 0)
+  config.augment.enabled = False
+  [plain] = _epoch(input_pipeline.TrainInput(raw, config, batch_size=16, seed=1), 0)
+  assert set(np.unique(batch['mask'])) <= {0.0, 1.0}
+  agreement = np.mean(batch['mask'] == (batch['image'] > 0.5), axis=(1, 2, 3))
+  assert agreement.min() > 0.95
+  # The augmentation did move things (otherwise the test above proves nothing).
+  plain_masks = {m.tobytes() for m in plain['mask']}
+  assert sum(m.tobytes() not in plain_masks for m in batch['mask']) > 8
+
+
+def test_photometric_augmentation_keeps_image_in_range_and_mask_untouched():
+  config = _config(brightness=0.5, contrast=0.5, gamma=0.5, speckle_std=0.3,
+                   max_rotation_deg=0.0, max_scale=0.0, max_shift=0.0, flip_left_right=False)
+  raw = _raw(_bright_lesion_examples(8))
+  [batch] = _epoch(input_pipeline.TrainInput(raw, config, batch_size=8, seed=0), 0)
+  config.augment.enabled = False
+  [plain] = _epoch(input_pipeline.TrainInput(raw, config, batch_size=8, seed=0), 0)
+  assert 0.0 <= batch['image'].min() and batch['image'].max() <= 1.0
+  assert not np.allclose(batch['image'], plain['image'], atol=0.05)
+  # Shuffle order is the same with and without augmentation; the masks must be too.
+  np.testing.assert_array_equal(batch['mask'], plain['mask'])
+
+
+def test_epoch_is_reproducible_across_resumes_and_reshuffled_between_epochs():
+  config = _config()
+  raw = input_pipeline.load_splits(config)['train']
+  ran = input_pipeline.TrainInput(raw, config, batch_size=4, seed=3)
+  for epoch in range(2):
+    _epoch(ran, epoch)
+  resumed = input_pipeline.TrainInput(raw, config, batch_size=4, seed=3)
+  for a, b in zip(_epoch(ran, 2), _epoch(resumed, 2), strict=True):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['mask'], b['mask'])
+  config.augment.enabled = False
+  plain = input_pipeline.TrainInput(raw, config, batch_size=4, seed=3)
+  order = [np.concatenate([b['image'] for b in _epoch(plain, e)]).sum(axis=(1, 2, 3))
+           for e in (0, 1)]
+  assert not np.array_equal(order[0], order[1])
+  np.testing.assert_allclose(np.sort(order[0]), np.sort(order[1]), rtol=1e-6)
+
+
+def test_decoding_and_resizing_run_once_across_epochs():
+  decoded = []
+
+  def count(image):
+    decoded.append(1)
+    return image
+
+  raw = _raw(synthetic.make_examples(6, seed=0)).map(lambda ex: {
+      **ex, 'image': tf.ensure_shape(tf.py_function(count, [ex['image']], tf.uint8),
+                                     (None, None, 1))})
+  train = input_pipeline.TrainInput(raw, _config(), batch_size=2, seed=0)
+  for epoch in range(3):
+    _epoch(train, epoch)
+  assert len(decoded) == 6
+
+
+def test_excluding_normal_scans_removes_empty_masks():
+  config = _config()
+  examples = synthetic.make_examples(20, seed=5)
+  num_lesion = sum(ex['label'] != synthetic.NORMAL for ex in examples)
+  assert 0 < num_lesion < 20
+  config.include_normal_in_train = False
+  train = input_pipeline.TrainInput(_raw(examples), config, batch_size=1, seed=0)
+  assert train.num_examples == num_lesion
+  assert all(batch['mask'].any() for batch in _epoch(train, 0))
+
+
+def test_eval_batches_keep_every_example_and_its_original_mask():
+  config = _config()
+  examples = synthetic.make_examples(7, seed=2)
+  batches = input_pipeline.eval_batches(_raw(examples), config, batch_size=3)
+  first, second = list(batches), list(batches)  # Re-iterable, same order both times.
+  assert [len(b['label']) for b in first] == [3, 3, 1]
+  for a, b in zip(first, second, strict=True):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  i = 0
+  for batch in first:
+    assert batch['image'].shape[1:] == (SIZE, SIZE, 1) and batch['image'].dtype == np.float32
+    assert batch['mask'].dtype == np.float32 and batch['label'].dtype == np.int32
+    assert batch['orig_mask'].dtype == np.uint8 and batch['orig_mask'].ndim == 3
+    for j in range(len(batch['label'])):
+      ex = examples[i]
+      h, w = batch['orig_height'][j], batch['orig_width'][j]
+      assert (h, w) == ex['image'].shape[:2]
+      np.testing.assert_array_equal(batch['orig_mask'][j, :h, :w], ex['mask'][..., 0])
+      np.testing.assert_array_equal(batch['orig_image'][j, :h, :w], ex['image'][..., 0])
+      assert not batch['orig_mask'][j, h:].any() and not batch['orig_mask'][j, :, w:].any()
+      assert batch['label'][j] == ex['label']
+      assert batch['image_id'][j] == ex['image_id'].encode()
+      i += 1
+  assert i == 7
+
+
+def test_synthetic_process_shards_are_disjoint_and_complete():
+  config = _config()
+  ids = [
+      [ex['image_id'] for ex in input_pipeline.load_split(
+          config, 'train+validation+test', process_index=p, process_count=2
+      ).as_numpy_iterator()]
+      for p in range(2)
+  ]
+  assert abs(len(ids[0]) - len(ids[1])) <= 1
+  assert not set(ids[0]) & set(ids[1]) and len(ids[0]) + len(ids[1]) == 32
+  assert input_pipeline.count_examples(input_pipeline.load_split(config, 'test')) == 7
+
+
+def test_missing_busi_data_fails_fast_and_says_where_it_looked(tmp_path):
+  config = _config()
+  config.source = 'busi'
+  config.tfds_data_dir = str(tmp_path / 'tfds')
+  config.manual_dir = str(tmp_path / 'downloads')
+  os.makedirs(config.manual_dir)
+  start = time.perf_counter()
+  with pytest.raises(FileNotFoundError) as error:
+    input_pipeline.load_splits(config)
+  assert time.perf_counter() - start < 1.0
+  message = str(error.value)
+  assert config.tfds_data_dir in message and config.manual_dir in message
+  assert 'kaggle' in message.lower()
+
+
+def test_busi_build_from_a_zip_path_is_sharded_over_processes(tmp_path):
+  dataset = busi_fixtures.write_kaggle_tree(tmp_path / 'extracted',
+                                            busi_fixtures.default_spec(per_class=6))
+  config = _config()
+  config.source = 'busi'
+  config.tfds_data_dir = str(tmp_path / 'tfds')
+  config.manual_dir = str(busi_fixtures.zip_tree(dataset, tmp_path / 'archive.zip'))
+  shards = [input_pipeline.load_split(config, 'train+validation+test', process_index=p,
+                                      process_count=2) for p in range(2)]
+  ids = [[b.decode() for batch in input_pipeline.eval_batches(shard, config, batch_size=4)
+          for b in batch['image_id']] for shard in shards]
+  assert abs(len(ids[0]) - len(ids[1])) <= 3  # Each of the three parts is split evenly.
+  assert sorted(ids[0] + ids[1]) == sorted(e.image_id for e in busi_fixtures.default_spec(6))
+  splits = input_pipeline.load_splits(config)
+  assert sum(input_pipeline.count_examples(ds) for ds in splits.values()) == 18
+  batch = next(iter(input_pipeline.eval_batches(splits['train'], config, batch_size=2)))
+  assert (batch['orig_height'][0], batch['orig_width'][0]) == busi_fixtures.SHAPE
