@@ -5,12 +5,12 @@ checkpoint, evaluates on the validation split at the original resolution to choo
 checkpoint, and at the end evaluates that best checkpoint once on the test split.
 """
 import functools
+import itertools
 import json
 import os
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
@@ -168,7 +169,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     'about BUSI.')
   train_input = input_pipeline.TrainInput(splits['train'], config.data, batch_size=local_batch,
                                           seed=config.seed)
-  steps_per_epoch = train_input.steps_per_epoch
+  # Processes may hold a batch more or less of the split; all must take the same steps.
+  steps_per_epoch = int(multihost_utils.process_allgather(
+      np.int32(train_input.steps_per_epoch)).min())
   total_steps = config.train.num_epochs * steps_per_epoch
 
   model = model_lib.create_model(config.model, config.half_precision)
@@ -183,6 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_epoch = start_step // steps_per_epoch
   best = checkpoints.best_meta() or {'val_dice': -1.0}
 
+  validation_batches = input_pipeline.eval_batches(splits['validation'], config.data,
+                                                   batch_size=config.eval.batch_size)
   p_train_step = compile_train_step(config, mesh)
   predictor = evaluate.Predictor(model, mesh, config.eval.batch_size)
   log = MetricsLog(workdir, start_step)
@@ -192,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for epoch in range(start_epoch, config.train.num_epochs):
     epoch_start = time.time()
     running = []
-    for batch in train_input.epoch(epoch):
+    for batch in itertools.islice(train_input.epoch(epoch), steps_per_epoch):
       state, metrics = p_train_step(state, sharding.global_batch(batch, mesh))
       step += 1
       metrics = jax.device_get(metrics)
@@ -208,10 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     scalars = {'epoch': epoch + 1, 'epoch_loss': float(np.mean(running)),
                'epoch_seconds': time.time() - epoch_start}
     if (epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch:
-      summary = predictor.evaluate(inference_variables(state),
-                                   input_pipeline.eval_batches(splits['validation'], config.data,
-                                                               batch_size=config.eval.batch_size),
-                                   config.eval)[1]
+      summary = predictor.evaluate(inference_variables(state), validation_batches,
+                                   config.eval, desc='validation')[1]
       val_dice = summary['lesion']['dice']['mean']
       scalars.update(val_dice=val_dice, val_iou=summary['lesion']['iou']['mean'],
                      val_normal_empty_rate=summary['normal']['empty_rate'])

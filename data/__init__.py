@@ -1,0 +1,1 @@
+"""Dataset builders and readers of busi-unet."""
