@@ -38,7 +38,7 @@ def _batch(size=32, n=4, seed=0):
 def _setup(config, steps_per_epoch=10):
   model = model_lib.create_model(config.model)
   mesh = sharding.create_mesh()
-  state = train.create_train_state(jax.random.key(0), config, model, steps_per_epoch)
+  state = train.create_train_state(0, config, model, steps_per_epoch)
   return model, mesh, state, train.compile_train_step(config, mesh)
 
 
@@ -98,7 +98,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
   checkpoints.close()
   checkpointing.save_config(config, str(tmp_path))
 
-  fresh = train.create_train_state(jax.random.key(1), config, model, 10)
+  fresh = train.create_train_state(1, config, model, 10)
   restored, meta = checkpointing.Checkpoints(str(tmp_path), keep=2).restore_latest(fresh)
   assert meta == {'epoch': 1} and int(restored.step) == 3
   _, _, variables = checkpointing.load_inference(str(tmp_path))

@@ -111,7 +111,7 @@ def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None
   config = config or load_config(workdir)
   model = model_lib.create_model(config.model, config.half_precision)
   abstract = jax.eval_shape(
-      lambda: model_lib.init_variables(model, jax.random.key(0), config.data.image_size))
+      lambda: model_lib.init_variables(model, 0, config.data.image_size))
   checkpoints = Checkpoints(workdir, keep=1)
   try:
     variables, meta = checkpoints.restore_best(abstract)

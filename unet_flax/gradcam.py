@@ -9,7 +9,6 @@ map ReLU(sum_k w_k A_k) is upsampled (bilinear) to the input and divided by its 
 keeps meaning "no evidence".
 """
 import functools
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -116,12 +115,9 @@ def seg_grad_cam(model: nn.Module, variables, images, layer: str = 'bottleneck',
   return GradCamResult(*jax.device_get((cam, grads.logits, empty)))
 
 
-def pointing_game(cams: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> float:
-  """Fraction of lesion images whose CAM maximum lies inside the true lesion.
+def pointing_hit(cam: np.ndarray, mask: np.ndarray) -> bool:
+  """Pointing game (Zhang et al., ECCV 2016, no tolerance): is the CAM maximum in the lesion?
 
-  Pointing game of Zhang et al. (ECCV 2016) without tolerance; images with an empty mask
-  are skipped, an all-zero CAM points nowhere (a miss). NaN when there is no lesion image.
+  Both at the same (original) resolution; an all-zero CAM points nowhere, a miss.
   """
-  hits = [cam.max() > 0 and bool(mask[np.unravel_index(np.argmax(cam), cam.shape)])
-          for cam, mask in zip(cams, masks, strict=True) if np.any(mask)]
-  return float(np.mean(hits)) if hits else float('nan')
+  return bool(cam.max() > 0 and mask[np.unravel_index(np.argmax(cam), cam.shape)])

@@ -55,14 +55,13 @@ def create_optimizer(train_config, schedule) -> optax.GradientTransformation:
   return opt
 
 
-def create_train_state(rng, config, model, steps_per_epoch: int) -> TrainState:
-  init_rng, dropout_rng = jax.random.split(rng)
-  variables = model_lib.init_variables(model, init_rng, config.data.image_size)
+def create_train_state(seed: int, config, model, steps_per_epoch: int) -> TrainState:
+  variables = model_lib.init_variables(model, seed, config.data.image_size)
   schedule = learning_rate_schedule(config.train, steps_per_epoch)
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'],
       batch_stats=variables.get('batch_stats', {}),
-      tx=create_optimizer(config.train, schedule), dropout_rng=dropout_rng)
+      tx=create_optimizer(config.train, schedule), dropout_rng=jax.random.key(seed))
 
 
 def inference_variables(state: TrainState) -> dict:
@@ -175,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_steps = config.train.num_epochs * steps_per_epoch
 
   model = model_lib.create_model(config.model, config.half_precision)
-  state = create_train_state(jax.random.key(config.seed), config, model, steps_per_epoch)
+  state = create_train_state(config.seed, config, model, steps_per_epoch)
   checkpoints = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
   restored, meta = checkpoints.restore_latest(state)
   if restored is not None:

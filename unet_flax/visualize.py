@@ -5,6 +5,8 @@ in threads, and leak no open figures. The ground truth, when known, is always th
 contour; the prediction is red.
 """
 from collections.abc import Mapping, Sequence
+import json
+import textwrap
 
 from matplotlib.figure import Figure
 import numpy as np
@@ -78,3 +80,53 @@ def layer_comparison_figure(images: Sequence[np.ndarray],
   if title:
     fig.suptitle(title, fontsize=10)
   fig.savefig(path, dpi=80)
+
+
+def training_curves(metrics_jsonl: str, path: str) -> None:
+  """Training loss and validation Dice per epoch, from a run's metrics.jsonl."""
+  with open(metrics_jsonl) as f:
+    epochs = [row for row in map(json.loads, f) if 'epoch_loss' in row]
+  evals = [row for row in epochs if 'val_dice' in row]
+  fig = Figure(figsize=(10, 3.6))
+  ax_loss, ax_dice = fig.subplots(1, 2)
+  ax_loss.plot([r['epoch'] for r in epochs], [r['epoch_loss'] for r in epochs])
+  ax_loss.set(xlabel='epoch', ylabel='Dice + BCE loss', title='training loss', yscale='log')
+  x = [r['epoch'] for r in evals]
+  ax_dice.plot(x, [r['val_dice'] for r in evals], marker='o', ms=3, label='lesion Dice')
+  ax_dice.plot(x, [r['val_normal_empty_rate'] for r in evals], ls='--',
+               label='normal scans predicted empty')
+  if evals:
+    best = max(evals, key=lambda r: r['val_dice'])
+    ax_dice.axvline(best['epoch'], color='gray', lw=0.8)
+    ax_dice.annotate(f"best {best['val_dice']:.3f} (epoch {best['epoch']})",
+                     (best['epoch'], best['val_dice']), textcoords='offset points',
+                     xytext=(-40, -14), fontsize=8)
+  ax_dice.set(xlabel='epoch', ylabel='original resolution', ylim=(0, 1),
+              title='validation split')
+  ax_dice.legend(fontsize=8, loc='lower right')
+  for ax in (ax_loss, ax_dice):
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def prediction_grid(samples, path: str, title: str = '') -> None:
+  """Rows of image | ground truth | prediction, each at the image's original size.
+
+  `samples` are (image uint8 HxW, truth HxW, prediction HxW, metrics.ImageScore) tuples.
+  """
+  if not samples:
+    return
+  fig = Figure(figsize=(7.5, 2.3 * len(samples) + 0.6))
+  axes = fig.subplots(len(samples), 3, squeeze=False)
+  for row, (image, truth, pred, score) in zip(axes, samples):
+    dice = '' if np.isnan(score.dice) else f', Dice {score.dice:.2f}'
+    _show(row[0], image, f'{score.image_id}{dice}')
+    _show(row[1], image, 'ground truth')
+    _contour(row[1], truth, _TRUTH_COLOR)
+    _show(row[2], image, 'prediction')
+    _contour(row[2], pred, _PRED_COLOR)
+  if title:
+    fig.suptitle(textwrap.fill(title, 120), fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)

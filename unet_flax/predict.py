@@ -1,0 +1,245 @@
+"""Prediction on the user's own files, and Grad-CAM over a dataset split.
+
+`predict_files` takes whatever the user points at (files, folders, globs; any PNG/JPEG) and
+writes, at each image's ORIGINAL size, the binary mask, the Seg-Grad-CAM map and an overlay
+figure. A folder in the BUSI layout (`X.png` beside `X_mask.png`, `X_mask_1.png`, ...) is
+recognised: the mask files are ground truth, drawn on the overlay, and not predicted on.
+"""
+import functools
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+from PIL import Image
+from scipy import special
+from tqdm import tqdm
+
+from unet_flax import gradcam
+from unet_flax import imaging
+from unet_flax import visualize
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+_MASK_STEM = re.compile(r'(?P<image>.+)_mask(?:_\d+)?')
+
+
+def _is_image(name: str) -> bool:
+  return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _stem(path: str) -> str:
+  return os.path.splitext(os.path.basename(path))[0]
+
+
+def _images_under(folder: str) -> list[str]:
+  return sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
+                for name in names if _is_image(name))
+
+
+def _busi_masks(folder: str) -> dict[str, list[str]]:
+  """{image stem: names of its mask files} for `X_mask.*`, `X_mask_<n>.*` beside `X.*`."""
+  folder = folder or '.'
+  names = sorted(n for n in os.listdir(folder) if _is_image(n)) if os.path.isdir(folder) else []
+  stems = {_stem(n) for n in names}
+  masks = {}
+  for name in names:
+    match = _MASK_STEM.fullmatch(_stem(name))
+    if match and match['image'] in stems:
+      masks.setdefault(match['image'], []).append(name)
+  return masks
+
+
+def expand_inputs(paths: list[str]) -> tuple[list[tuple[str, list[str]]], list[str]]:
+  """([(image path, its ground-truth mask paths)], [problems]) for files, folders and globs.
+
+  Folders are searched recursively for PNG/JPEG; a file that does not exist is kept, so
+  reading it reports the reason. A pattern or folder that matches no image is a problem.
+  """
+  found, problems = [], []
+  for path in paths:
+    if os.path.isdir(path):
+      matches = _images_under(path)
+    elif glob.has_magic(path):
+      matches = sorted(f for m in glob.glob(path, recursive=True)
+                       for f in (_images_under(m) if os.path.isdir(m) else [m]))
+    else:
+      matches = [path]
+    if not matches:
+      problems.append(f'{path}: no PNG/JPEG image found')
+    found += matches
+  masks_in = functools.cache(_busi_masks)
+  inputs = []
+  for path in dict.fromkeys(found):  # Ordered de-duplication.
+    folder, name = os.path.split(path)
+    masks = masks_in(folder)
+    match = _MASK_STEM.fullmatch(_stem(name))
+    if not (match and name in masks.get(match['image'], [])):
+      inputs.append((path, [os.path.join(folder, n) for n in masks.get(_stem(name), [])]))
+  return inputs, problems
+
+
+def _unique_outputs(inputs):
+  """Drops (as problems) inputs whose output names `X_*` an earlier input already takes."""
+  owners = {}
+  for path, _ in inputs:
+    owners.setdefault(_stem(path), path)
+  problems = [f'{path}: output name {_stem(path)!r} is already used by {owners[_stem(path)]!r}'
+              for path, _ in inputs if owners[_stem(path)] != path]
+  return [(p, m) for p, m in inputs if owners[_stem(p)] == p], problems
+
+
+def _ground_truth(mask_paths: list[str], shape: tuple[int, int], name: str):
+  """OR of the mask files (None if there are none or they do not fit the image)."""
+  truth = None
+  for path in mask_paths:
+    try:
+      mask = imaging.read_grayscale(path) > 0
+    except imaging.ImageReadError as e:
+      tqdm.write(f'{name}: ignoring ground truth: {e}', file=sys.stderr)
+      continue
+    if mask.shape != shape:
+      tqdm.write(f'{name}: ignoring ground truth {path}: size {mask.shape} != image {shape}',
+                 file=sys.stderr)
+      continue
+    truth = mask if truth is None else truth | mask
+  return truth
+
+
+def _check_output_dir(output_dir: str, inputs) -> None:
+  """Refuses to write `X_mask.png` where it would pass for (or overwrite) ground truth."""
+  out = os.path.realpath(output_dir)
+  for path, _ in inputs:
+    if os.path.realpath(os.path.dirname(path) or '.') == out:
+      raise ValueError(f'Output folder {output_dir!r} holds the input {path!r}; its '
+                       '*_mask.png files would mix with ground truth. Choose another folder.')
+
+
+def _write_outputs(output_dir: str, name: str, gray: np.ndarray, logits: np.ndarray,
+                   cam: np.ndarray, truth, threshold: float, empty_target: bool) -> str:
+  """Mask, CAM and overlay at the original size; returns the one-line summary."""
+  h, w = gray.shape
+  probability = special.expit(imaging.resize_map(logits, h, w))
+  mask = probability > threshold
+  cam = imaging.resize_map(cam, h, w)
+  area = int(mask.sum())
+  line = (f'{name}: lesion area {area} px ({100.0 * area / (h * w):.2f}%), '
+          f'max probability {probability.max():.3f}')
+  if empty_target:
+    line += ' [no predicted lesion: Grad-CAM map is all zero]'
+  Image.fromarray(mask.astype(np.uint8) * 255).save(
+      os.path.join(output_dir, f'{name}_mask.png'))
+  np.save(os.path.join(output_dir, f'{name}_cam.npy'), cam)
+  visualize.overlay_figure(gray, mask, cam, os.path.join(output_dir, f'{name}_overlay.png'),
+                           gt_mask=truth, title=line)
+  return line
+
+
+def predict_files(model, variables, config, paths: list[str], output_dir: str,
+                  layer: str = 'bottleneck') -> int:
+  """Predicts every image of `paths` into `output_dir`; returns how many inputs failed.
+
+  Per input `X.ext`: `X_mask.png` (0/255), `X_cam.npy` (float32 Seg-Grad-CAM of `layer`)
+  and `X_overlay.png`, all at the original size. Unreadable files are reported and skipped.
+  """
+  inputs, problems = expand_inputs(paths)
+  inputs, clashes = _unique_outputs(inputs)
+  problems += clashes
+  _check_output_dir(output_dir, inputs)
+  os.makedirs(output_dir, exist_ok=True)
+  for problem in problems:
+    print(f'ERROR {problem}', file=sys.stderr)
+  failures = len(problems)
+  size, threshold = config.data.image_size, config.eval.threshold
+  batch_size = max(1, min(config.eval.batch_size, len(inputs)))
+  with tqdm(total=len(inputs), unit='image', disable=len(inputs) <= batch_size) as bar:
+    for start in range(0, len(inputs), batch_size):
+      chunk, loaded = inputs[start:start + batch_size], []
+      for path, mask_paths in chunk:
+        name = _stem(path)
+        try:
+          gray = imaging.read_grayscale(path)
+        except imaging.ImageReadError as e:
+          tqdm.write(f'ERROR {e} (skipped)', file=sys.stderr)
+          failures += 1
+          continue
+        loaded.append((name, gray, _ground_truth(mask_paths, gray.shape, name)))
+      bar.update(len(chunk))
+      if not loaded:
+        continue
+      # A fixed batch shape (zero padding) keeps it to one compilation.
+      images = np.zeros((batch_size, size, size, 1), np.float32)
+      for i, (_, gray, _) in enumerate(loaded):
+        images[i] = imaging.model_input(gray, size)
+      result = gradcam.seg_grad_cam(model, variables, images, layer, threshold=threshold)
+      for i, (name, gray, truth) in enumerate(loaded):
+        tqdm.write(_write_outputs(output_dir, name, gray, result.logits[i], result.cam[i],
+                                  truth, threshold, bool(result.empty_target[i])))
+  return failures
+
+
+def _file_name(image_id: str) -> str:
+  return re.sub(r'[^\w\-. ()]+', '_', image_id)
+
+
+def gradcam_split(model, variables, config, batches, output_dir: str,
+                  layers: tuple[str, ...] = ('bottleneck',),
+                  max_images: int = 16) -> dict[str, float]:
+  """Seg-Grad-CAM of each layer on every image of `batches`; pointing game per layer.
+
+  `batches` come from `input_pipeline.eval_batches`. Writes overlays (first layer) of the
+  first `max_images` images, `layer_comparison.png` of those images across layers, and
+  `pointing_game.json`. The pointing game counts lesion images whose CAM maximum, at the
+  original resolution, is inside the true lesion; an empty prediction counts as a miss.
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  threshold = config.eval.threshold
+  hits = {layer: [] for layer in layers}
+  empty = 0
+  shown = []  # (image id, image, truth, {layer: cam}) for the comparison figure.
+  for batch in tqdm(batches, desc='gradcam', unit='batch', leave=False):
+    results = {layer: gradcam.seg_grad_cam(model, variables, batch['image'], layer,
+                                           threshold=threshold) for layer in layers}
+    for i, raw_id in enumerate(batch['image_id']):
+      h, w = int(batch['orig_height'][i]), int(batch['orig_width'][i])
+      truth = batch['orig_mask'][i, :h, :w] > 0
+      cams = {layer: imaging.resize_map(results[layer].cam[i], h, w) for layer in layers}
+      if truth.any():
+        empty += bool(results[layers[0]].empty_target[i])
+        for layer in layers:
+          hits[layer].append(gradcam.pointing_hit(cams[layer], truth))
+      if len(shown) < max_images:
+        image_id, gray = raw_id.decode(), batch['orig_image'][i, :h, :w]
+        pred = special.expit(imaging.resize_map(results[layers[0]].logits[i], h, w)) > threshold
+        visualize.overlay_figure(
+            gray, pred, cams[layers[0]],
+            os.path.join(output_dir, f'{_file_name(image_id)}_overlay.png'),
+            gt_mask=truth, title=f'{image_id} (Seg-Grad-CAM of {layers[0]})')
+        shown.append((image_id, gray, truth, cams))
+  scores = {layer: float(np.mean(h)) if h else float('nan') for layer, h in hits.items()}
+  if shown:
+    visualize.layer_comparison_figure(
+        [s[1] for s in shown], {layer: [s[3][layer] for s in shown] for layer in layers},
+        [s[2] for s in shown], os.path.join(output_dir, 'layer_comparison.png'),
+        row_titles=[s[0] for s in shown], title='Seg-Grad-CAM per layer (green: truth)')
+  lesions = len(hits[layers[0]])
+  with open(os.path.join(output_dir, 'pointing_game.json'), 'w') as f:
+    json.dump({'pointing_game': scores, 'lesion_images': lesions,
+               'empty_prediction': empty}, f, indent=2)
+  for layer, score in scores.items():
+    print(f'Pointing game, {layer}: {score:.3f} of {lesions} lesion images '
+          f'({empty} without a predicted lesion count as misses)')
+  return scores
+
+
+def gradcam_workdir(workdir: str, config, split: str, output_dir: str, layers: list[str],
+                    max_images: int) -> dict[str, float]:
+  """--mode=gradcam: the workdir's best checkpoint on a split expression."""
+  from data import input_pipeline  # data/ owns TensorFlow.
+  from unet_flax import checkpointing  # Orbax is only needed here.
+  _, model, variables = checkpointing.load_inference(workdir, config)
+  batches = input_pipeline.eval_batches(input_pipeline.load_split(config.data, split),
+                                        config.data, batch_size=config.eval.batch_size)
+  return gradcam_split(model, variables, config, batches, output_dir, tuple(layers),
+                       max_images)
