@@ -49,6 +49,18 @@ def _workdir_config():
   return config
 
 
+def _parse_flags(argv):
+  """absl's parser, but a misspelt --config.* override is one clear line, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # What ml_collections raises for an unknown field.
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    overrides = [arg for arg in argv[1:] if arg.startswith('--config.')]
+    sys.exit(f'FATAL Unknown config field in {" ".join(overrides)}: '
+             f'{e.args[0] if e.args else e}\nEvery field is listed in configs/default.py.')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -56,6 +68,8 @@ def main(argv):
     raise app.UsageError('--workdir is required.')
   if FLAGS.mode in ('train', 'benchmark') and FLAGS.config is None:
     raise app.UsageError(f'--config is required for --mode={FLAGS.mode}.')
+  from unet_flax import distributed
+  distributed.maybe_initialize(FLAGS.config)
 
   if FLAGS.mode == 'train':
     from unet_flax import train
@@ -84,4 +98,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

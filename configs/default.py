@@ -11,6 +11,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   # Compute in bfloat16 (parameters, loss and metrics stay float32). Good on TPU/A100+.
   config.half_precision = False
+  # Multi-host job (TPU pod slice, several GPU nodes): run the same command on every host and
+  # `jax.distributed.initialize()` joins them. Not needed for the devices of one host.
+  config.distributed = False
 
   config.data = data = ml_collections.ConfigDict()
   data.source = 'busi'  # 'busi' (TFDS builder over the Kaggle download) or 'synthetic'.
@@ -60,6 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.eval_every_epochs = 2
   train.checkpoint_every_epochs = 2
   train.keep_checkpoints = 2  # Latest K, plus the best by validation Dice.
+  # A NaN/inf loss or gradient stops training (False) or skips that update and counts it
+  # in metrics.jsonl (True). Either way the state and checkpoints stay finite.
+  train.skip_nonfinite_updates = False
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.batch_size = 16
@@ -68,4 +74,6 @@ def get_config() -> ml_collections.ConfigDict:
   # than this (at the original resolution).
   evaluate.min_lesion_area = 64
   evaluate.split = 'test'  # Used by --mode=evaluate; any TFDS split expression.
+  config.benchmark = benchmark = ml_collections.ConfigDict()
+  benchmark.steps = 10  # --mode=benchmark: timed steps (after compile and warm-up).
   return config

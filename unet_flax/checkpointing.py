@@ -3,8 +3,9 @@
 Two `CheckpointManager`s under `<workdir>/checkpoints/`: `latest/` keeps the full train state
 (parameters, BatchNorm statistics, optimizer state) of the last K epochs so that a re-run
 resumes; `best/` keeps only the inference variables of the epoch with the highest validation
-Dice. Orbax writes into a temporary directory and renames it when complete, so a run killed
-mid-save never resumes from a half-written checkpoint.
+Dice. Orbax writes into a `*.orbax-checkpoint-tmp*` directory and renames it when complete, so
+a run killed mid-save never resumes from a half-written checkpoint; the next training run
+deletes such leftovers.
 """
 import json
 import os
@@ -18,20 +19,41 @@ from unet_flax import model as model_lib
 CONFIG_FILE = 'config.json'
 
 
-def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
+class UnreadableCheckpointError(RuntimeError):
+  """A checkpoint directory exists but cannot be restored (corrupt, or another format)."""
+
+
+def _manager(directory: str, max_to_keep: int | None) -> ocp.CheckpointManager:
+  read_only = max_to_keep is None
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False))
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+          cleanup_tmp_directories=not read_only, enable_async_checkpointing=False))
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, **args):
+  """manager.restore, with any failure turned into an error that names the directory."""
+  path = os.path.join(str(manager.directory), str(step))
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**args))
+  except Exception as e:  # Orbax/TensorStore raise many types for damaged files.
+    raise UnreadableCheckpointError(
+        f'Cannot read the checkpoint {path} ({type(e).__name__}: {e}). Delete that directory '
+        'to fall back to an older checkpoint, or use a new --workdir to start fresh.') from e
 
 
 class Checkpoints:
-  """The two managers of one workdir."""
+  """The two managers of one workdir.
 
-  def __init__(self, workdir: str, keep: int):
+  `keep=None` opens them read-only: evaluate/predict may run beside a training run and must
+  neither delete its in-progress save nor create directories.
+  """
+
+  def __init__(self, workdir: str, keep: int | None = None):
     root = os.path.join(workdir, 'checkpoints')
     self.latest = _manager(os.path.join(root, 'latest'), keep)
-    self.best = _manager(os.path.join(root, 'best'), 1)
+    self.best = _manager(os.path.join(root, 'best'), None if keep is None else 1)
 
   def save_latest(self, step: int, state, meta: dict) -> None:
     self.latest.save(step, args=ocp.args.Composite(
@@ -42,11 +64,14 @@ class Checkpoints:
     step = self.latest.latest_step()
     if step is None:
       return None, None
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    restored = _restore(self.latest, step, state=ocp.args.StandardRestore(abstract_state),
+                        meta=ocp.args.JsonRestore())
     return restored.state, restored.meta
 
   def save_best(self, step: int, variables, meta: dict) -> None:
+    # A run killed between saving best and latest replays this step after resuming.
+    if step in self.best.all_steps():
+      self.best.delete(step)
     self.best.save(step, args=ocp.args.Composite(
         variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -54,15 +79,15 @@ class Checkpoints:
     step = self.best.latest_step()
     if step is None:
       return None
-    return self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    return _restore(self.best, step, meta=ocp.args.JsonRestore()).meta
 
   def restore_best(self, abstract_variables):
     step = self.best.latest_step()
     if step is None:
       raise FileNotFoundError(f'No best checkpoint under {self.best.directory}: train first '
                               '(the best checkpoint is written after the first evaluation).')
-    restored = self.best.restore(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardRestore(abstract_variables), meta=ocp.args.JsonRestore()))
+    restored = _restore(self.best, step, variables=ocp.args.StandardRestore(abstract_variables),
+                        meta=ocp.args.JsonRestore())
     return restored.variables, restored.meta
 
   def close(self) -> None:
@@ -94,8 +119,10 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             f'Resuming would mix two experiments: use a new --workdir, or delete {workdir} '
             'to start fresh.')
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+  # Write-then-rename: a kill mid-write must not leave a torn config.json that blocks resuming.
+  with open(path + '.tmp', 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + '.tmp', path)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -112,7 +139,7 @@ def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None
   model = model_lib.create_model(config.model, config.half_precision)
   abstract = jax.eval_shape(
       lambda: model_lib.init_variables(model, 0, config.data.image_size))
-  checkpoints = Checkpoints(workdir, keep=1)
+  checkpoints = Checkpoints(workdir)
   try:
     variables, meta = checkpoints.restore_best(abstract)
   finally:

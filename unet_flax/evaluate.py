@@ -33,9 +33,12 @@ class Predictor:
         out_shardings=sharding.replicated(mesh))
 
   def logits(self, variables, images: np.ndarray) -> np.ndarray:
-    """(B, S, S) logits; a batch not divisible by the device count is padded, then cut."""
+    """(B, S, S) logits; a batch not divisible by the device count is padded, then cut.
+
+    Every process passes the same whole batch; each device takes its slice of it.
+    """
     padded, n = sharding.pad_batch({'image': images}, jax.device_count())
-    images = sharding.global_batch(padded, self.mesh)['image']
+    images = sharding.global_batch(padded, self.mesh, same_on_all_processes=True)['image']
     return np.asarray(jax.device_get(self._apply(variables, images)))[:n]
 
   def evaluate(self, variables, batches, eval_config, desc: str = 'evaluate'):
@@ -109,9 +112,11 @@ def evaluate_and_report(predictor, variables, config, raw_split, split: str, out
 def evaluate_workdir(workdir: str, config, split: str) -> dict:
   """--mode=evaluate: the workdir's best checkpoint on any split expression of any build."""
   from data import input_pipeline  # data/ owns TensorFlow.
-  raw_split = input_pipeline.load_split(config.data, split)
   _, model, variables = checkpointing.load_inference(workdir, config)
-  best = checkpointing.Checkpoints(workdir, keep=1).best_meta()
+  checkpoints = checkpointing.Checkpoints(workdir)  # Read-only: a live run may share it.
+  best = checkpoints.best_meta()
+  checkpoints.close()
+  raw_split = input_pipeline.load_split(config.data, split)
   predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size)
   return evaluate_and_report(
       predictor, variables, config, raw_split, split, os.path.join(workdir, 'eval'),

@@ -32,11 +32,16 @@ def check_batch_size(global_batch_size: int, what: str = 'train.batch_size') -> 
         f'choose a multiple of {devices} (it is the global batch, split over all devices).')
 
 
-def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-  """Turns this process's numpy batch into global arrays sharded over the mesh."""
+def global_batch(local_batch: dict, mesh: Mesh, same_on_all_processes: bool = False) -> dict:
+  """Turns numpy batches into global arrays sharded over the mesh.
+
+  By default each process passes its own part of the global batch (training). With
+  `same_on_all_processes`, every process passes the whole batch (evaluation).
+  """
   sharding = data_sharded(mesh)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+      lambda x: jax.make_array_from_process_local_data(
+          sharding, x, x.shape if same_on_all_processes else None), local_batch)
 
 
 def pad_batch(batch: dict, multiple: int) -> tuple[dict, int]:

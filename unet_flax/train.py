@@ -69,10 +69,11 @@ def inference_variables(state: TrainState) -> dict:
 
 
 def train_step(state: TrainState, batch, *, dice_weight: float, bce_weight: float):
-  """One optimizer step. A non-finite loss or gradient leaves the state unchanged.
+  """One optimizer step. A non-finite loss or gradient changes nothing but the step count.
 
-  The returned metrics carry `finite`, so the loop can stop with the step's number; the
-  state is never poisoned by a NaN, and neither is any checkpoint written from it.
+  The returned metrics carry `finite`, so the loop can stop with the step's number (or skip
+  the batch); the state is never poisoned by a NaN, and neither is any checkpoint written
+  from it. The step still advances so that it keeps counting batches, which resuming needs.
   """
   dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
 
@@ -90,6 +91,7 @@ def train_step(state: TrainState, batch, *, dice_weight: float, bce_weight: floa
   new_state = state.apply_gradients(grads=grads,
                                     batch_stats=updates.get('batch_stats', {}))
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  new_state = new_state.replace(step=state.step + 1)
   metrics = {'loss': loss, 'dice_loss': dice, 'bce_loss': bce, 'grad_norm': grad_norm,
              'finite': finite}
   return new_state, metrics
@@ -108,7 +110,7 @@ class MetricsLog:
   """`metrics.jsonl` plus TensorBoard, written by process 0 only.
 
   On resume, lines from steps after the restored checkpoint are dropped, so the log continues
-  without duplicate steps.
+  without duplicate steps; so is a line torn by a kill mid-write.
   """
 
   def __init__(self, workdir: str, resume_step: int):
@@ -119,7 +121,8 @@ class MetricsLog:
     kept = []
     if os.path.exists(self.path):
       with open(self.path) as f:
-        kept = [line for line in f if json.loads(line)['step'] <= resume_step]
+        kept = [line for line in f
+                if line.endswith('\n') and json.loads(line)['step'] <= resume_step]
     with open(self.path, 'w') as f:
       f.writelines(kept)
     self.tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
@@ -142,7 +145,32 @@ def _stop_on_nonfinite(metrics: dict, step: int) -> None:
     raise FloatingPointError(
         f'Non-finite loss or gradient at step {step} (loss={float(metrics["loss"])}); the '
         'update was not applied and no checkpoint after the last good one was written. '
-        'Lower train.learning_rate or enable train.grad_clip_norm.')
+        'Lower train.learning_rate, enable train.grad_clip_norm, or set '
+        'train.skip_nonfinite_updates=True to skip such batches.')
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects configs that cannot train, before any data is loaded or anything compiled."""
+  for name in ('train.batch_size', 'eval.batch_size', 'train.num_epochs',
+               'train.log_every_steps', 'train.eval_every_epochs',
+               'train.checkpoint_every_epochs', 'train.keep_checkpoints'):
+    value = functools.reduce(getattr, name.split('.'), config)
+    if value < 1:
+      raise ValueError(f'config.{name} must be at least 1, got {value}.')
+  factor = 2**config.model.depth
+  if config.data.image_size % factor:
+    raise ValueError(f'config.data.image_size={config.data.image_size} must be divisible by '
+                     f'2**model.depth = {factor}.')
+  sharding.check_batch_size(config.train.batch_size)
+  sharding.check_batch_size(config.eval.batch_size, 'eval.batch_size')
+
+
+def _check_steps_per_epoch(steps_per_epoch: int, num_examples: int, batch_size: int) -> None:
+  if steps_per_epoch < 1:
+    raise ValueError(
+        f'config.train.batch_size={batch_size} is larger than the training split '
+        f'({num_examples} examples per process): an epoch would have no step. Use a batch '
+        f'size of at most {num_examples}.')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -152,40 +180,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   from data import input_pipeline  # data/ owns TensorFlow; imported only where needed.
 
-  factor = 2**config.model.depth
-  if config.data.image_size % factor:
-    raise ValueError(f'config.data.image_size={config.data.image_size} must be divisible by '
-                     f'2**model.depth = {factor}.')
+  check_config(config)
   mesh = sharding.create_mesh()
-  sharding.check_batch_size(config.train.batch_size)
   if jax.process_index() == 0:
     checkpointing.save_config(config, workdir)
   local_batch = config.train.batch_size // jax.process_count()
-  splits = input_pipeline.load_splits(config.data, process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+  # Each process trains on its share of 'train' but evaluates the whole validation and test
+  # splits, so all compute the same metrics and take the same (collective) checkpoint steps.
+  train_split = input_pipeline.load_split(config.data, 'train',
+                                          process_index=jax.process_index(),
+                                          process_count=jax.process_count())
+  validation_split = input_pipeline.load_split(config.data, 'validation')
+  test_split = input_pipeline.load_split(config.data, 'test')
   if config.data.source == 'synthetic':
     logging.warning('DEMO RUN on synthetic ultrasound-like images: the numbers say nothing '
                     'about BUSI.')
-  train_input = input_pipeline.TrainInput(splits['train'], config.data, batch_size=local_batch,
+  train_input = input_pipeline.TrainInput(train_split, config.data, batch_size=local_batch,
                                           seed=config.seed)
   # Processes may hold a batch more or less of the split; all must take the same steps.
   steps_per_epoch = int(multihost_utils.process_allgather(
       np.int32(train_input.steps_per_epoch)).min())
+  _check_steps_per_epoch(steps_per_epoch, train_input.num_examples, local_batch)
   total_steps = config.train.num_epochs * steps_per_epoch
 
   model = model_lib.create_model(config.model, config.half_precision)
-  state = create_train_state(config.seed, config, model, steps_per_epoch)
+  # Built as replicated global arrays: no process can device_put onto another's devices.
+  state = jax.jit(lambda: create_train_state(config.seed, config, model, steps_per_epoch),
+                  out_shardings=sharding.replicated(mesh))()
   checkpoints = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
   restored, meta = checkpoints.restore_latest(state)
   if restored is not None:
+    if int(restored.step) != meta['epoch'] * steps_per_epoch:
+      raise ValueError(
+          f'The latest checkpoint in {workdir} ends epoch {meta["epoch"]} at step '
+          f'{int(restored.step)}, but this config has {steps_per_epoch} steps per epoch (was '
+          'train.batch_size or the training data changed?). Resuming would replay another '
+          f'data order: use a new --workdir, or delete {workdir} to start fresh.')
     state = restored
     logging.info('Resumed from step %d (epoch %d).', int(state.step), meta['epoch'])
-  state = jax.device_put(state, sharding.replicated(mesh))
   start_step = int(state.step)
   start_epoch = start_step // steps_per_epoch
   best = checkpoints.best_meta() or {'val_dice': -1.0}
 
-  validation_batches = input_pipeline.eval_batches(splits['validation'], config.data,
+  validation_batches = input_pipeline.eval_batches(validation_split, config.data,
                                                    batch_size=config.eval.batch_size)
   p_train_step = compile_train_step(config, mesh)
   predictor = evaluate.Predictor(model, mesh, config.eval.batch_size)
@@ -195,22 +232,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step = start_step
   for epoch in range(start_epoch, config.train.num_epochs):
     epoch_start = time.time()
-    running = []
+    running, skipped = [], 0
     for batch in itertools.islice(train_input.epoch(epoch), steps_per_epoch):
       state, metrics = p_train_step(state, sharding.global_batch(batch, mesh))
       step += 1
+      progress.update(1)
       metrics = jax.device_get(metrics)
+      if not metrics['finite'] and config.train.skip_nonfinite_updates:
+        skipped += 1
+        logging.warning('Skipped step %d: non-finite loss or gradient.', step)
+        continue
       _stop_on_nonfinite(metrics, step)
       running.append(float(metrics['loss']))
-      progress.update(1)
       progress.set_postfix(epoch=epoch + 1, loss=f'{np.mean(running[-20:]):.4f}')
       if step % config.train.log_every_steps == 0:
         log.write(step, epoch=epoch + 1, train_loss=float(np.mean(running[-20:])),
                   dice_loss=float(metrics['dice_loss']), bce_loss=float(metrics['bce_loss']),
                   grad_norm=float(metrics['grad_norm']))
     last_epoch = epoch + 1 == config.train.num_epochs
-    scalars = {'epoch': epoch + 1, 'epoch_loss': float(np.mean(running)),
-               'epoch_seconds': time.time() - epoch_start}
+    scalars = {'epoch': epoch + 1, 'epoch_loss': float(np.mean(running or np.nan)),
+               'skipped_steps': skipped, 'epoch_seconds': time.time() - epoch_start}
     if (epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch:
       summary = predictor.evaluate(inference_variables(state), validation_batches,
                                    config.eval, desc='validation')[1]
@@ -234,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('Evaluating the best checkpoint (epoch %d, validation Dice %.4f) on test.',
                best['epoch'], best['val_dice'])
   test_summary = evaluate.evaluate_and_report(
-      predictor, variables, config, splits['test'], 'test',
+      predictor, variables, config, test_split, 'test',
       os.path.join(workdir, 'eval'), checkpoint_note=f"epoch {best['epoch']}, chosen on "
       f"validation Dice {best['val_dice']:.4f}")
   if jax.process_index() == 0:
