@@ -1,6 +1,8 @@
 """The U-Net's shapes, named blocks, hooks and guard rails."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import default
@@ -52,3 +54,22 @@ def test_create_model_follows_config_and_half_precision():
   variables = model.init(jax.random.key(0), jnp.ones((1, 16, 16, 1)))
   assert variables['params']['encoder_0']['conv_0']['kernel'].dtype == jnp.float32
   assert model.apply(variables, jnp.ones((1, 16, 16, 1))).dtype == jnp.float32
+
+
+def test_pixel_shuffle_transpose_conv_equals_flax_conv_transpose():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 7, 6))
+  reference = nn.ConvTranspose(4, (2, 2), strides=(2, 2))
+  variables = reference.init(jax.random.key(1), x)
+  fast = model_lib.PixelShuffleConvTranspose(4)
+  np.testing.assert_allclose(fast.apply(variables, x), reference.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_reshape_max_pool_equals_flax_max_pool_with_gradients():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 6, 3))
+  np.testing.assert_array_equal(model_lib.max_pool_2x2(x),
+                                nn.max_pool(x, (2, 2), strides=(2, 2)))
+  weights = jax.random.normal(jax.random.key(1), (2, 4, 3, 3))
+  grad = lambda pool: jax.grad(lambda v: jnp.sum(pool(v) * weights))(x)
+  np.testing.assert_array_equal(grad(model_lib.max_pool_2x2),
+                                grad(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))))
