@@ -1,18 +1,18 @@
 """2-core CPU setting: trains a useful BUSI model in well under an hour.
 
-128 x 128 input and a 16-feature U-Net keep one epoch of BUSI at tens of seconds on two
-cores; metrics are still computed at the original resolution.
+192 x 192 input and a 16-feature U-Net keep one epoch of BUSI's training split (434 images)
+at about half a minute on two cores; metrics are still computed at the original resolution.
 """
 from configs import default
 
 
 def get_config():
   config = default.get_config()
-  config.data.image_size = 128
+  config.data.image_size = 192
   config.model.base_features = 16
   config.model.dropout = 0.1
   config.train.batch_size = 16
-  config.train.num_epochs = 60
+  config.train.num_epochs = 50
   config.train.learning_rate = 2e-3
   config.train.warmup_epochs = 2
   config.train.eval_every_epochs = 2

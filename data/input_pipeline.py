@@ -28,8 +28,9 @@ def _tfds_data_dir(data_config: ml_collections.ConfigDict) -> str:
       tfds.core.constants.DATA_DIR)
 
 
-def _is_built(data_dir: str) -> bool:
-  busi = os.path.join(data_dir, 'busi')
+def is_built(data_config: ml_collections.ConfigDict) -> bool:
+  """Whether the BUSI TFDS build exists where the config points (no data is read)."""
+  busi = os.path.join(_tfds_data_dir(data_config), 'busi')
   return os.path.isdir(busi) and any(
       os.path.isfile(os.path.join(busi, version, 'dataset_info.json'))
       for version in os.listdir(busi))
@@ -44,7 +45,7 @@ def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset
   # TFDS wants a folder as manual dir; an archive given by path is found in its folder.
   if os.path.isfile(manual_dir):
     manual_dir = os.path.dirname(manual_dir)
-  if not _is_built(data_dir):
+  if not is_built(data_config):
     try:
       dataset_files.locate(manual_dir)
     except dataset_files.BusiFormatError as e:
@@ -71,16 +72,6 @@ def load_split(data_config: ml_collections.ConfigDict, split_expr: str, *,
       ds = ds.concatenate(part)
     return ds.shard(process_count, process_index)
   raise ValueError(f'Unknown data.source {data_config.source!r}.')
-
-
-def load_splits(data_config: ml_collections.ConfigDict, *, process_index: int = 0,
-                process_count: int = 1) -> dict[str, tf.data.Dataset]:
-  """Raw 'train', 'validation' and 'test' examples for this process."""
-  return {
-      split: load_split(data_config, split, process_index=process_index,
-                        process_count=process_count)
-      for split in SPLITS
-  }
 
 
 def count_examples(ds: tf.data.Dataset) -> int:
@@ -182,6 +173,7 @@ class TrainInput:
     aug = self._config.augment
     ds = self._ds.shuffle(self._config.shuffle_buffer, seed=epoch_seed)
 
+    @tf.autograph.experimental.do_not_convert  # Plain TF ops; silences AutoGraph warnings.
     def augment(index, example):
       return _augment(example, tf.stack([tf.constant(epoch_seed, tf.int64), index]), aug)
 
@@ -202,6 +194,7 @@ def eval_batches(raw_ds: tf.data.Dataset, data_config: ml_collections.ConfigDict
   `orig_image`, `orig_mask` uint8 (B, Hmax, Wmax) zero-padded, valid in
   [:orig_height[i], :orig_width[i]]; the last batch may be smaller.
   """
+  @tf.autograph.experimental.do_not_convert  # Plain TF ops; silences AutoGraph warnings.
   def prepare(ex):
     out = _resize(ex, data_config.image_size)
     shape = tf.shape(ex['image'])

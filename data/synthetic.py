@@ -109,7 +109,8 @@ def make_examples(num: int, seed: int, *, first_id: int = 1,
   ]
 
 
-def _output_signature() -> dict[str, tf.TensorSpec]:
+def output_signature() -> dict[str, tf.TensorSpec]:
+  """The raw-example features of the TFDS builder, as tf.data specs."""
   return {
       'image': tf.TensorSpec((None, None, 1), tf.uint8),
       'mask': tf.TensorSpec((None, None, 1), tf.uint8),
@@ -129,5 +130,5 @@ def as_dataset(split: str, data_config: ml_collections.ConfigDict) -> tf.data.Da
   first_id = 1 + sum(sizes[name] for name in names[:names.index(split)])
   examples = make_examples(sizes[split], _SPLIT_SEEDS[split], first_id=first_id)
   return tf.data.Dataset.from_generator(
-      lambda: iter(examples), output_signature=_output_signature()
+      lambda: iter(examples), output_signature=output_signature()
   ).apply(tf.data.experimental.assert_cardinality(len(examples)))

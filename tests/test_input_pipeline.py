@@ -26,15 +26,8 @@ def _config(**augment):
 
 def _raw(examples):
   """A tf.data dataset of raw examples, as the TFDS builder yields them."""
-  signature = {
-      'image': tf.TensorSpec((None, None, 1), tf.uint8),
-      'mask': tf.TensorSpec((None, None, 1), tf.uint8),
-      'label': tf.TensorSpec((), tf.int64),
-      'image_id': tf.TensorSpec((), tf.string),
-      'num_masks': tf.TensorSpec((), tf.int32),
-      'dup_group': tf.TensorSpec((), tf.string),
-  }
-  return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=signature)
+  return tf.data.Dataset.from_generator(lambda: iter(examples),
+                                        output_signature=synthetic.output_signature())
 
 
 def _bright_lesion_examples(num, seed=0):
@@ -58,7 +51,7 @@ def _epoch(train_input, epoch):
 
 def test_train_batches_have_model_shapes_dtypes_and_ranges():
   config = _config()
-  raw = input_pipeline.load_splits(config)['train']
+  raw = input_pipeline.load_split(config, 'train')
   train = input_pipeline.TrainInput(raw, config, batch_size=8, seed=0)
   assert (train.num_examples, train.steps_per_epoch) == (20, 2)
   batches = _epoch(train, 0)
@@ -102,7 +95,7 @@ def test_photometric_augmentation_keeps_image_in_range_and_mask_untouched():
 
 def test_epoch_is_reproducible_across_resumes_and_reshuffled_between_epochs():
   config = _config()
-  raw = input_pipeline.load_splits(config)['train']
+  raw = input_pipeline.load_split(config, 'train')
   ran = input_pipeline.TrainInput(raw, config, batch_size=4, seed=3)
   for epoch in range(2):
     _epoch(ran, epoch)
@@ -193,7 +186,7 @@ def test_missing_busi_data_fails_fast_and_says_where_it_looked(tmp_path):
   os.makedirs(config.manual_dir)
   start = time.perf_counter()
   with pytest.raises(FileNotFoundError) as error:
-    input_pipeline.load_splits(config)
+    input_pipeline.load_split(config, 'train')
   assert time.perf_counter() - start < 1.0
   message = str(error.value)
   assert config.tfds_data_dir in message and config.manual_dir in message
@@ -213,7 +206,7 @@ def test_busi_build_from_a_zip_path_is_sharded_over_processes(tmp_path):
           for b in batch['image_id']] for shard in shards]
   assert abs(len(ids[0]) - len(ids[1])) <= 3  # Each of the three parts is split evenly.
   assert sorted(ids[0] + ids[1]) == sorted(e.image_id for e in busi_fixtures.default_spec(6))
-  splits = input_pipeline.load_splits(config)
+  splits = {name: input_pipeline.load_split(config, name) for name in input_pipeline.SPLITS}
   assert sum(input_pipeline.count_examples(ds) for ds in splits.values()) == 18
   batch = next(iter(input_pipeline.eval_batches(splits['train'], config, batch_size=2)))
   assert (batch['orig_height'][0], batch['orig_width'][0]) == busi_fixtures.SHAPE

@@ -55,8 +55,7 @@ def pipeline_images_per_s(config, epochs: int = 2) -> tuple[float, str]:
   """
   from data import input_pipeline  # data/ owns TensorFlow; imported only where needed.
   data_config = config.data.copy_and_resolve_references()
-  if data_config.source == 'busi' and not input_pipeline._is_built(  # pylint: disable=protected-access
-      input_pipeline._tfds_data_dir(data_config)):  # pylint: disable=protected-access
+  if data_config.source == 'busi' and not input_pipeline.is_built(data_config):
     logging.warning('BUSI is not built: timing the input pipeline on synthetic data.')
     data_config.source = 'synthetic'
   raw = input_pipeline.load_split(data_config, 'train')
