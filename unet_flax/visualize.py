@@ -128,5 +128,5 @@ def prediction_grid(samples, path: str, title: str = '') -> None:
     _contour(row[2], pred, _PRED_COLOR)
   if title:
     fig.suptitle(textwrap.fill(title, 120), fontsize=7)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # Room for the title.
   fig.savefig(path, dpi=90)
