@@ -83,3 +83,12 @@ def test_model_input_is_square_unit_range():
   x = imaging.model_input(np.full((30, 50), 255, np.uint8), 16)
   assert x.shape == (16, 16, 1) and x.dtype == np.float32
   np.testing.assert_allclose(x, 1.0, atol=1e-6)
+
+
+def test_lesion_probability_is_the_sigmoid_of_upsampled_logits():
+  logits = np.array([[-4.0, 4.0], [0.0, 2.0]], np.float32)
+  probability = imaging.lesion_probability(logits, 6, 8)
+  assert probability.shape == (6, 8)
+  np.testing.assert_allclose(probability, 1 / (1 + np.exp(-imaging.resize_map(logits, 6, 8))),
+                             rtol=1e-6)
+  assert probability[0, 0] < 0.05 and probability[0, -1] > 0.95

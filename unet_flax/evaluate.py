@@ -52,7 +52,7 @@ class Predictor:
       logits = self.logits(variables, batch['image'])
       for i, logit in enumerate(logits):
         h, w = int(batch['orig_height'][i]), int(batch['orig_width'][i])
-        pred = imaging.resize_map(logit, h, w) > _logit(eval_config.threshold)
+        pred = imaging.lesion_probability(logit, h, w) > eval_config.threshold
         truth = batch['orig_mask'][i, :h, :w]
         score = metrics_lib.score_image(batch['image_id'][i].decode(), int(batch['label'][i]),
                                         pred, truth)
@@ -60,10 +60,6 @@ class Predictor:
         if sum(s[3].label == score.label for s in samples) < SAMPLES_PER_CLASS:
           samples.append((batch['orig_image'][i, :h, :w], truth, pred, score))
     return scores, metrics_lib.summarize(scores, eval_config.min_lesion_area), samples
-
-
-def _logit(probability: float) -> float:
-  return float(np.log(probability / (1.0 - probability)))
 
 
 def protocol(config, split: str, summary: dict, checkpoint_note: str) -> str:

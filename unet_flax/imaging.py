@@ -7,6 +7,7 @@ that names the file and the reason.
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
+from scipy import special
 
 # Modes whose pixels are 16-bit integers; PIL opens 16-bit grayscale PNGs as one of these.
 _SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
@@ -49,6 +50,15 @@ def resize_map(array2d: np.ndarray, height: int, width: int) -> np.ndarray:
   image = Image.fromarray(np.asarray(array2d, dtype=np.float32))  # mode 'F'
   return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR),
                     dtype=np.float32)
+
+
+def lesion_probability(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Lesion probability at (height, width): logits upsampled bilinearly, then the sigmoid.
+
+  The one place where the network's output becomes a full-size map, so evaluation, predict
+  and Grad-CAM threshold the same thing.
+  """
+  return special.expit(resize_map(logits, height, width))
 
 
 def model_input(gray: np.ndarray, size: int) -> np.ndarray:

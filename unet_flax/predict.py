@@ -14,7 +14,6 @@ import sys
 
 import numpy as np
 from PIL import Image
-from scipy import special
 from tqdm import tqdm
 
 from unet_flax import gradcam
@@ -120,7 +119,7 @@ def _write_outputs(output_dir: str, name: str, gray: np.ndarray, logits: np.ndar
                    cam: np.ndarray, truth, threshold: float, empty_target: bool) -> str:
   """Mask, CAM and overlay at the original size; returns the one-line summary."""
   h, w = gray.shape
-  probability = special.expit(imaging.resize_map(logits, h, w))
+  probability = imaging.lesion_probability(logits, h, w)
   mask = probability > threshold
   cam = imaging.resize_map(cam, h, w)
   area = int(mask.sum())
@@ -211,7 +210,7 @@ def gradcam_split(model, variables, config, batches, output_dir: str,
           hits[layer].append(gradcam.pointing_hit(cams[layer], truth))
       if len(shown) < max_images:
         image_id, gray = raw_id.decode(), batch['orig_image'][i, :h, :w]
-        pred = special.expit(imaging.resize_map(results[layers[0]].logits[i], h, w)) > threshold
+        pred = imaging.lesion_probability(results[layers[0]].logits[i], h, w) > threshold
         visualize.overlay_figure(
             gray, pred, cams[layers[0]],
             os.path.join(output_dir, f'{_file_name(image_id)}_overlay.png'),
