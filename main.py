@@ -81,7 +81,7 @@ def main(argv):
     from unet_flax import checkpointing, predict
     if not FLAGS.input or not FLAGS.output:
       raise app.UsageError('--mode=predict needs --input and --output.')
-    config, model, variables = checkpointing.load_inference(FLAGS.workdir, FLAGS.config)
+    config, model, variables, _ = checkpointing.load_inference(FLAGS.workdir, FLAGS.config)
     failures = predict.predict_files(model, variables, config, FLAGS.input, FLAGS.output,
                                      layer=FLAGS.layers[0])
     if failures:

@@ -49,7 +49,7 @@ def test_train_writes_config_logs_checkpoints_report_and_figures(trained_workdir
 
 def test_config_override_reaches_the_model(trained_workdir):
   from unet_flax import checkpointing
-  _, model, variables = checkpointing.load_inference(trained_workdir)
+  _, model, variables, _ = checkpointing.load_inference(trained_workdir)
   assert model.base_features == 6
   assert variables['params']['encoder_0']['conv_0']['kernel'].shape == (3, 3, 1, 6)
 

@@ -101,7 +101,8 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
   fresh = train.create_train_state(1, config, model, 10)
   restored, meta = checkpointing.Checkpoints(str(tmp_path), keep=2).restore_latest(fresh)
   assert meta == {'epoch': 1} and int(restored.step) == 3
-  _, _, variables = checkpointing.load_inference(str(tmp_path))
+  _, _, variables, meta = checkpointing.load_inference(str(tmp_path))
+  assert meta == {'val_dice': 0.5, 'epoch': 1}
   images = jnp.asarray(_batch(seed=5)['image'])
   expected = model.apply(train.inference_variables(state), images)
   np.testing.assert_array_equal(model.apply(variables, images), expected)

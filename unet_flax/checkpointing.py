@@ -134,7 +134,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None):
-  """(config, model, variables) of a workdir's best checkpoint, for evaluate/predict."""
+  """(config, model, variables, meta) of a workdir's best checkpoint, for evaluate/predict.
+
+  `meta` says which epoch it is and its validation Dice, for the protocol sentence.
+  """
   config = config or load_config(workdir)
   model = model_lib.create_model(config.model, config.half_precision)
   abstract = jax.eval_shape(
@@ -144,5 +147,4 @@ def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None
     variables, meta = checkpoints.restore_best(abstract)
   finally:
     checkpoints.close()
-  del meta
-  return config, model, variables
+  return config, model, variables, meta

@@ -108,10 +108,7 @@ def evaluate_and_report(predictor, variables, config, raw_split, split: str, out
 def evaluate_workdir(workdir: str, config, split: str) -> dict:
   """--mode=evaluate: the workdir's best checkpoint on any split expression of any build."""
   from data import input_pipeline  # data/ owns TensorFlow.
-  _, model, variables = checkpointing.load_inference(workdir, config)
-  checkpoints = checkpointing.Checkpoints(workdir)  # Read-only: a live run may share it.
-  best = checkpoints.best_meta()
-  checkpoints.close()
+  _, model, variables, best = checkpointing.load_inference(workdir, config)
   raw_split = input_pipeline.load_split(config.data, split)
   predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size)
   return evaluate_and_report(
