@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.norm = 'batch'  # 'batch' | 'group' | 'none'
   model.dropout = 0.1  # In the bottleneck only.
   model.upsample = 'transpose'  # 'transpose' | 'resize'
+  # Image-level "lesion present" head; its probability multiplies the pixel probabilities,
+  # which keeps lesion-like shadows on normal scans from becoming predicted lesions.
+  model.presence_head = True
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 16  # Global batch, split over all devices.
@@ -59,10 +62,11 @@ def get_config() -> ml_collections.ConfigDict:
   train.grad_clip_norm = 1.0  # 0 disables clipping.
   train.dice_weight = 1.0
   train.bce_weight = 1.0
+  train.presence_weight = 0.5  # BCE of the presence head (used when model.presence_head).
   train.log_every_steps = 10
   train.eval_every_epochs = 2
   train.checkpoint_every_epochs = 2
-  train.keep_checkpoints = 2  # Latest K, plus the best by validation Dice.
+  train.keep_checkpoints = 2  # Latest K, plus the best by validation all-image Dice.
   # A NaN/inf loss or gradient stops training (False) or skips that update and counts it
   # in metrics.jsonl (True). Either way the state and checkpoints stay finite.
   train.skip_nonfinite_updates = False

@@ -72,6 +72,12 @@ def protocol(config, split: str, summary: dict, checkpoint_note: str) -> str:
           f'{config.eval.threshold}); checkpoint: {checkpoint_note}.')
 
 
+def best_note(best: dict) -> str:
+  """How the evaluated checkpoint was chosen, for the protocol sentence."""
+  return (f"epoch {best['epoch']}, chosen on validation all-image Dice "
+          f"{best['val_all_images_dice']:.4f} (lesion Dice; a normal scan 1 if empty, else 0)")
+
+
 def write_report(scores, summary: dict, samples, protocol_text: str, out_dir: str,
                  split: str) -> None:
   """summary.json, per_image.csv and predictions.png under `out_dir/<split>/` (process 0)."""
@@ -113,5 +119,4 @@ def evaluate_workdir(workdir: str, config, split: str) -> dict:
   predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size)
   return evaluate_and_report(
       predictor, variables, config, raw_split, split, os.path.join(workdir, 'eval'),
-      checkpoint_note=f"best of {workdir} (epoch {best['epoch']}, chosen on validation Dice "
-      f"{best['val_dice']:.4f})")
+      checkpoint_note=f'best of {workdir}, {best_note(best)}')

@@ -27,3 +27,10 @@ def bce_loss(logits, masks):
 
 def dice_bce_loss(logits, masks, dice_weight: float = 1.0, bce_weight: float = 1.0):
   return dice_weight * soft_dice_loss(logits, masks) + bce_weight * bce_loss(logits, masks)
+
+
+def presence_loss(presence_logits, masks):
+  """BCE of the image-level lesion-present logits (B,) against "the mask is not empty"."""
+  present = jnp.any(masks > 0, axis=tuple(range(1, masks.ndim)))
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(presence_logits.astype(jnp.float32),
+                                                     present.astype(jnp.float32)))

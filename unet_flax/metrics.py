@@ -52,7 +52,8 @@ def _mean_std(values) -> dict:
 
 
 def summarize(scores: list[ImageScore], min_lesion_area: int) -> dict:
-  """Per-class mean +- std Dice/IoU, pooled Dice, and the normal-image empty rate.
+  """Per-class mean +- std Dice/IoU, pooled Dice, the normal-image empty rate, and the
+  all-image Dice that chooses checkpoints.
 
   `lesion` pools benign and malignant images (per-image mean); `pooled_dice` is
   2*sum|P&G| / (sum|P| + sum|G|) over all lesion images, which weights big lesions more.
@@ -71,6 +72,9 @@ def summarize(scores: list[ImageScore], min_lesion_area: int) -> dict:
   empty = [s.pred_area < min_lesion_area for s in normal]
   summary['normal'] = {'empty_rate': float(np.mean(empty)) if normal else float('nan'),
                        'n': len(normal), 'min_lesion_area': int(min_lesion_area)}
+  # One number for every image: a normal scan scores 1 when predicted empty, else 0.
+  summary['all_images_dice'] = float(np.mean([s.dice for s in lesion] + empty)) if scores \
+      else float('nan')
   return summary
 
 
@@ -85,4 +89,5 @@ def format_table(summary: dict, protocol: str) -> str:
   n = summary['normal']
   lines.append(f"normal images predicted empty (< {n['min_lesion_area']} px): "
                f"{n['empty_rate']:.3f} of {n['n']}")
+  lines.append(f"all-image Dice (normal: 1 if empty, else 0): {summary['all_images_dice']:.3f}")
   return '\n'.join(lines)

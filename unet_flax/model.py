@@ -2,9 +2,10 @@
 
 Layout (Ronneberger et al. 2015): per level two (3x3 conv, norm, ReLU); 2x2 max-pool down;
 2x upsampling (transposed conv or resize + conv) up; skip concatenation; 1x1 conv head that
-returns one channel of lesion logits. Every block's output is `sow`n into the 'intermediates' collection and `perturb`s it in the 'perturbations'
-collection under `<block name>/activation`; both are no-ops unless asked for, and they let
-Grad-CAM read activations and take `jax.grad` with respect to them.
+returns one channel of lesion logits; optionally an image-level lesion-present head on the
+bottleneck. Every block's output is `sow`n into the 'intermediates' collection and `perturb`s
+it in the 'perturbations' collection under `<block name>/activation`; both are no-ops unless
+asked for, and they let Grad-CAM read activations and take `jax.grad` with respect to them.
 """
 import functools
 from typing import Any
@@ -97,17 +98,45 @@ class Upsample(nn.Module):
     return nn.Conv(self.features, (3, 3), dtype=self.dtype)(x)
 
 
+class PresenceHead(nn.Module):
+  """Image-level "is there a lesion?" logit, (B,), from global context (the bottleneck).
+
+  A pixel classifier sees a patch; a normal scan with a lesion-like shadow fools it. Whether
+  the image holds a lesion at all is a whole-image question, so it gets its own head.
+  """
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(1, dtype=self.dtype)(jnp.mean(x, axis=(1, 2)))[:, 0]
+
+
+def gate_logits(mask_logits, presence_logits):
+  """Logit of sigmoid(mask) * sigmoid(presence), computed stably.
+
+  P(pixel is lesion) = P(pixel is lesion | the image has one) * P(the image has one); with
+  q = s(a) s(b), logit(q) = a + b - log(1 + e^a + e^b).
+  """
+  b = jnp.broadcast_to(presence_logits[:, None, None, None], mask_logits.shape)
+  return mask_logits + b - jax.nn.logsumexp(
+      jnp.stack([jnp.zeros_like(b), mask_logits, b]), axis=0)
+
+
 class UNet(nn.Module):
   """U-Net returning float32 logits of shape (B, H, W, 1).
 
   H and W must be divisible by 2**depth. `dtype` is the compute dtype (bfloat16 for mixed
-  precision); parameters stay float32.
+  precision); parameters stay float32. With `presence_head`, inference returns the mask
+  logits gated by the image-level lesion probability (`gate_logits`); training returns the
+  raw mask logits and `sow`s the presence logits into the 'aux' collection, so each head gets
+  its own loss.
   """
   base_features: int = 32
   depth: int = 4
   norm: str = 'batch'
   dropout: float = 0.0
   upsample: str = 'transpose'
+  presence_head: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -126,22 +155,26 @@ class UNet(nn.Module):
                     name=f'encoder_{level}')(x, train)
       skips.append(x)
       x = max_pool_2x2(x)
-    x = ConvBlock(self.base_features * 2**self.depth, self.norm, self.dropout, self.dtype,
-                  name='bottleneck')(x, train)
+    x = bottleneck = ConvBlock(self.base_features * 2**self.depth, self.norm, self.dropout,
+                               self.dtype, name='bottleneck')(x, train)
     for level in reversed(range(self.depth)):
       features = self.base_features * 2**level
       x = Upsample(features, self.upsample, self.dtype, name=f'upsample_{level}')(x)
       x = jnp.concatenate([x, skips[level]], axis=-1)
       x = ConvBlock(features, self.norm, dtype=self.dtype, name=f'decoder_{level}')(x, train)
-    logits = nn.Conv(1, (1, 1), dtype=self.dtype, name='head')(x)
-    return logits.astype(jnp.float32)
+    logits = nn.Conv(1, (1, 1), dtype=self.dtype, name='head')(x).astype(jnp.float32)
+    if not self.presence_head:
+      return logits
+    presence = PresenceHead(self.dtype, name='presence')(bottleneck).astype(jnp.float32)
+    self.sow('aux', 'presence_logits', presence)
+    return logits if train else gate_logits(logits, presence)
 
 
 def create_model(model_config, half_precision: bool = False) -> UNet:
   """Builds the U-Net from `config.model`."""
   return UNet(base_features=model_config.base_features, depth=model_config.depth,
               norm=model_config.norm, dropout=model_config.dropout,
-              upsample=model_config.upsample,
+              upsample=model_config.upsample, presence_head=model_config.presence_head,
               dtype=jnp.bfloat16 if half_precision else jnp.float32)
 
 

@@ -2,7 +2,8 @@
 
 `train_and_evaluate(config, workdir)` is the whole job: it resumes from the workdir's latest
 checkpoint, evaluates on the validation split at the original resolution to choose the best
-checkpoint, and at the end evaluates that best checkpoint once on the test split.
+checkpoint (all-image Dice: lesion scans by Dice, normal scans by predicting nothing), and
+at the end evaluates that best checkpoint once on the test split.
 """
 import functools
 import itertools
@@ -68,7 +69,8 @@ def inference_variables(state: TrainState) -> dict:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
-def train_step(state: TrainState, batch, *, dice_weight: float, bce_weight: float):
+def train_step(state: TrainState, batch, *, dice_weight: float, bce_weight: float,
+               presence_weight: float):
   """One optimizer step. A non-finite loss or gradient changes nothing but the step count.
 
   The returned metrics carry `finite`, so the loop can stop with the step's number (or skip
@@ -80,27 +82,33 @@ def train_step(state: TrainState, batch, *, dice_weight: float, bce_weight: floa
   def loss_fn(params):
     logits, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+        mutable=['batch_stats', 'aux'], rngs={'dropout': dropout_rng})
     dice = losses.soft_dice_loss(logits, batch['mask'])
     bce = losses.bce_loss(logits, batch['mask'])
-    return dice_weight * dice + bce_weight * bce, (updates, dice, bce)
+    presence = jnp.zeros(())
+    if 'aux' in updates:  # The model has a presence head.
+      presence = losses.presence_loss(updates['aux']['presence_logits'][0], batch['mask'])
+    loss = dice_weight * dice + bce_weight * bce + presence_weight * presence
+    return loss, (updates, dice, bce, presence)
 
-  (loss, (updates, dice, bce)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (updates, dice, bce, presence)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = state.apply_gradients(grads=grads,
                                     batch_stats=updates.get('batch_stats', {}))
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   new_state = new_state.replace(step=state.step + 1)
-  metrics = {'loss': loss, 'dice_loss': dice, 'bce_loss': bce, 'grad_norm': grad_norm,
-             'finite': finite}
+  metrics = {'loss': loss, 'dice_loss': dice, 'bce_loss': bce, 'presence_loss': presence,
+             'grad_norm': grad_norm, 'finite': finite}
   return new_state, metrics
 
 
 def compile_train_step(config, mesh):
   """jit with explicit shardings: batch split over devices, state replicated and donated."""
   step = functools.partial(train_step, dice_weight=config.train.dice_weight,
-                           bce_weight=config.train.bce_weight)
+                           bce_weight=config.train.bce_weight,
+                           presence_weight=config.train.presence_weight)
   replicated = sharding.replicated(mesh)
   return jax.jit(step, in_shardings=(replicated, sharding.data_sharded(mesh)),
                  out_shardings=(replicated, replicated), donate_argnums=0)
@@ -174,7 +182,7 @@ def _check_steps_per_epoch(steps_per_epoch: int, num_examples: int, batch_size: 
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains, keeps the best checkpoint by validation Dice, and evaluates it on test once.
+  """Trains, keeps the best checkpoint by validation all-image Dice, evaluates it on test once.
 
   Returns the test summary (see `metrics.summarize`).
   """
@@ -220,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('Resumed from step %d (epoch %d).', int(state.step), meta['epoch'])
   start_step = int(state.step)
   start_epoch = start_step // steps_per_epoch
-  best = checkpoints.best_meta() or {'val_dice': -1.0}
+  best = checkpoints.best_meta() or {'val_all_images_dice': -1.0}
 
   validation_batches = input_pipeline.eval_batches(validation_split, config.data,
                                                    batch_size=config.eval.batch_size)
@@ -248,6 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % config.train.log_every_steps == 0:
         log.write(step, epoch=epoch + 1, train_loss=float(np.mean(running[-20:])),
                   dice_loss=float(metrics['dice_loss']), bce_loss=float(metrics['bce_loss']),
+                  presence_loss=float(metrics['presence_loss']),
                   grad_norm=float(metrics['grad_norm']))
     last_epoch = epoch + 1 == config.train.num_epochs
     scalars = {'epoch': epoch + 1, 'epoch_loss': float(np.mean(running or np.nan)),
@@ -255,14 +264,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if (epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch:
       summary = predictor.evaluate(inference_variables(state), validation_batches,
                                    config.eval, desc='validation')[1]
-      val_dice = summary['lesion']['dice']['mean']
-      scalars.update(val_dice=val_dice, val_iou=summary['lesion']['iou']['mean'],
-                     val_normal_empty_rate=summary['normal']['empty_rate'])
-      if val_dice > best['val_dice']:
-        best = {'val_dice': val_dice, 'epoch': epoch + 1, 'step': step}
+      score = summary['all_images_dice']
+      scalars.update(val_dice=summary['lesion']['dice']['mean'],
+                     val_iou=summary['lesion']['iou']['mean'],
+                     val_normal_empty_rate=summary['normal']['empty_rate'],
+                     val_all_images_dice=score)
+      if score > best['val_all_images_dice']:
+        best = {'val_all_images_dice': score, 'epoch': epoch + 1, 'step': step}
         checkpoints.save_best(step, inference_variables(state), best)
-      progress.write(f'epoch {epoch + 1}: loss {scalars["epoch_loss"]:.4f}, validation Dice '
-                     f'{val_dice:.4f} (best {best["val_dice"]:.4f} at epoch {best["epoch"]})')
+      progress.write(f'epoch {epoch + 1}: loss {scalars["epoch_loss"]:.4f}, validation lesion '
+                     f'Dice {scalars["val_dice"]:.4f}, normal empty rate '
+                     f'{scalars["val_normal_empty_rate"]:.3f}, all-image Dice {score:.4f} '
+                     f'(best {best["val_all_images_dice"]:.4f} at epoch {best["epoch"]})')
     log.write(step, **scalars)
     if (epoch + 1) % config.train.checkpoint_every_epochs == 0 or last_epoch:
       checkpoints.save_latest(step, state, {'epoch': epoch + 1})
@@ -272,12 +285,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   variables, best = checkpoints.restore_best(
       jax.eval_shape(lambda: inference_variables(state)))
   checkpoints.close()
-  logging.info('Evaluating the best checkpoint (epoch %d, validation Dice %.4f) on test.',
-               best['epoch'], best['val_dice'])
+  logging.info('Evaluating the best checkpoint (epoch %d, validation all-image Dice %.4f) on '
+               'test.', best['epoch'], best['val_all_images_dice'])
   test_summary = evaluate.evaluate_and_report(
       predictor, variables, config, test_split, 'test',
-      os.path.join(workdir, 'eval'), checkpoint_note=f"epoch {best['epoch']}, chosen on "
-      f"validation Dice {best['val_dice']:.4f}")
+      os.path.join(workdir, 'eval'), checkpoint_note=evaluate.best_note(best))
   if jax.process_index() == 0:
     visualize.training_curves(log.path, os.path.join(workdir, 'training_curves.png'))
   return test_summary

@@ -90,16 +90,18 @@ def training_curves(metrics_jsonl: str, path: str) -> None:
   fig = Figure(figsize=(10, 3.6))
   ax_loss, ax_dice = fig.subplots(1, 2)
   ax_loss.plot([r['epoch'] for r in epochs], [r['epoch_loss'] for r in epochs])
-  ax_loss.set(xlabel='epoch', ylabel='Dice + BCE loss', title='training loss', yscale='log')
+  ax_loss.set(xlabel='epoch', ylabel='training loss', title='training loss', yscale='log')
   x = [r['epoch'] for r in evals]
   ax_dice.plot(x, [r['val_dice'] for r in evals], marker='o', ms=3, label='lesion Dice')
   ax_dice.plot(x, [r['val_normal_empty_rate'] for r in evals], ls='--',
                label='normal scans predicted empty')
+  ax_dice.plot(x, [r['val_all_images_dice'] for r in evals], marker='s', ms=3,
+               label='all-image Dice (chooses the checkpoint)')
   if evals:
-    best = max(evals, key=lambda r: r['val_dice'])
+    best = max(evals, key=lambda r: r['val_all_images_dice'])
     ax_dice.axvline(best['epoch'], color='gray', lw=0.8)
-    ax_dice.annotate(f"best {best['val_dice']:.3f} (epoch {best['epoch']})",
-                     (best['epoch'], best['val_dice']), textcoords='offset points',
+    ax_dice.annotate(f"best {best['val_all_images_dice']:.3f} (epoch {best['epoch']})",
+                     (best['epoch'], best['val_all_images_dice']), textcoords='offset points',
                      xytext=(-40, -14), fontsize=8)
   ax_dice.set(xlabel='epoch', ylabel='original resolution', ylim=(0, 1),
               title='validation split')
