@@ -51,3 +51,10 @@ def test_dice_bce_weights():
   combined = losses.dice_bce_loss(logits, masks, dice_weight=0.3, bce_weight=2.0)
   expected = 0.3 * losses.soft_dice_loss(logits, masks) + 2.0 * losses.bce_loss(logits, masks)
   assert float(combined) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_presence_loss_targets_whether_the_mask_has_any_lesion_pixel():
+  masks = jnp.zeros((2, 4, 4, 1)).at[0, 1, 2, 0].set(1.0)  # Image 0: one pixel; image 1: none.
+  logits = jnp.array([1.5, 0.5])
+  expected = -(math.log(_sigmoid(1.5)) + math.log(1 - _sigmoid(0.5))) / 2
+  assert float(losses.presence_loss(logits, masks)) == pytest.approx(expected, rel=1e-6)

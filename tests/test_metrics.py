@@ -58,5 +58,7 @@ def test_summary_per_class_pooled_and_normal_empty_rate():
   assert summary['pooled_dice'] == pytest.approx(2 * 30 / 105)
   # normal (2) predicts 9 px >= 5: not empty.
   assert summary['normal'] == {'empty_rate': 0.5, 'n': 2, 'min_lesion_area': 5}
+  # All images: Dice 1, 1/3, 0 for the lesions; normal (1) empty -> 1, normal (2) -> 0.
+  assert summary['all_images_dice'] == pytest.approx((1 + 10 / 30 + 0 + 1 + 0) / 5)
   table = metrics.format_table(summary, 'PROTOCOL LINE')
   assert table.splitlines()[0] == 'PROTOCOL LINE' and 'benign' in table

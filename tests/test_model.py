@@ -73,3 +73,32 @@ def test_reshape_max_pool_equals_flax_max_pool_with_gradients():
   grad = lambda pool: jax.grad(lambda v: jnp.sum(pool(v) * weights))(x)
   np.testing.assert_array_equal(grad(model_lib.max_pool_2x2),
                                 grad(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))))
+
+
+def test_gate_logits_is_the_logit_of_the_product_of_probabilities():
+  a = jnp.array([-3.0, 0.0, 2.0, 40.0, -40.0, 40.0]).reshape(6, 1, 1, 1)
+  b = jnp.array([1.0, -2.0, 0.5, 40.0, 40.0, -40.0])
+  gated = np.asarray(model_lib.gate_logits(a, b)).ravel()
+  sig = lambda v: 1 / (1 + np.exp(-np.asarray(v, np.float64)))
+  q = sig(a.ravel()[:3]) * sig(b[:3])
+  np.testing.assert_allclose(gated[:3], np.log(q / (1 - q)), rtol=1e-5)
+  # Saturated heads stay finite: both sure -> large positive; either one sure "no" -> ~-40.
+  assert np.all(np.isfinite(gated)) and gated[3] > 39
+  np.testing.assert_allclose(gated[4:], [-40.0, -40.0], atol=1e-4)
+
+
+def test_presence_head_gates_inference_and_is_sown_in_training():
+  model = model_lib.UNet(base_features=4, depth=2, presence_head=True)
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 1))
+  variables = model.init(jax.random.key(0), x)
+  raw, state = model.apply(variables, x, train=True, mutable=['batch_stats', 'aux'])
+  presence = state['aux']['presence_logits'][0]
+  assert raw.shape == (2, 16, 16, 1) and presence.shape == (2,)
+  # Inference with "no lesion here" forced through the head's bias: nothing survives.
+  params = jax.tree.map(lambda v: v, variables['params'])
+  params['presence']['Dense_0']['bias'] = jnp.full((1,), -30.0)
+  gated = model.apply({**variables, 'params': params}, x)
+  assert float(jnp.max(jax.nn.sigmoid(gated))) < 1e-6
+  ungated = model_lib.UNet(base_features=4, depth=2).apply(
+      {k: {n: v for n, v in c.items() if n != 'presence'} for k, c in variables.items()}, x)
+  assert float(jnp.max(jax.nn.sigmoid(ungated))) > 1e-3

@@ -74,6 +74,19 @@ def test_a_few_steps_overfit_a_tiny_batch():
   assert float(metrics['dice_loss']) < 0.15
 
 
+def test_presence_head_is_trained_only_when_the_model_has_one():
+  config = _config()
+  batch = _batch()
+  batch['mask'][1] = 0.0  # A normal scan in the batch.
+  for presence_head in (False, True):
+    config.model.presence_head = presence_head
+    _, mesh, state, step = _setup(config)
+    _, metrics = step(state, sharding.global_batch(batch, mesh))
+    # Untrained head: BCE near log 2 when present, exactly zero (and not added) when absent.
+    assert (float(metrics['presence_loss']) > 0.1) == presence_head
+    assert np.isfinite(float(metrics['loss']))
+
+
 def test_nonfinite_batch_leaves_state_unchanged_and_is_reported():
   config = _config()
   _, mesh, state, step = _setup(config)

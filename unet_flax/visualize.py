@@ -105,6 +105,17 @@ def training_curves(metrics_jsonl: str, path: str) -> None:
                      xytext=(-40, -14), fontsize=8)
   ax_dice.set(xlabel='epoch', ylabel='original resolution', ylim=(0, 1),
               title='validation split')
+  # Time to quality: minutes of training (cumulative epoch time) on a top axis.
+  ends = np.array([0] + [r['epoch'] for r in epochs], dtype=float)
+  minutes = np.cumsum([0] + [r['epoch_seconds'] for r in epochs]) / 60
+  if len(ends) > 2:
+    # Extended at the last epoch's pace, so ticks past the end do not pile up there.
+    ends = np.append(ends, ends[-1] + 1e4)
+    minutes = np.append(minutes, minutes[-1] + 1e4 * (minutes[-1] - minutes[-2]) /
+                        (ends[-2] - ends[-3]))
+    ax_dice.secondary_xaxis('top', functions=(
+        lambda e: np.interp(e, ends, minutes), lambda m: np.interp(m, minutes, ends))
+                            ).set_xlabel('minutes of training', fontsize=8)
   ax_dice.legend(fontsize=8, loc='lower right')
   for ax in (ax_loss, ax_dice):
     ax.grid(alpha=0.3)
