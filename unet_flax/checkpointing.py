@@ -1,4 +1,4 @@
-"""Orbax checkpoints: the latest K for resuming, and the best by validation Dice.
+"""Orbax checkpoints: the latest K for resuming, and the best by validation all-image Dice.
 
 Two `CheckpointManager`s under `<workdir>/checkpoints/`: `latest/` keeps the full train state
 (parameters, BatchNorm statistics, optimizer state) of the last K epochs so that a re-run
@@ -136,7 +136,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None):
   """(config, model, variables, meta) of a workdir's best checkpoint, for evaluate/predict.
 
-  `meta` says which epoch it is and its validation Dice, for the protocol sentence.
+  `meta` says which epoch it is and the validation score that chose it, for the protocol sentence.
   """
   config = config or load_config(workdir)
   model = model_lib.create_model(config.model, config.half_precision)
