@@ -228,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('Resumed from step %d (epoch %d).', int(state.step), meta['epoch'])
   start_step = int(state.step)
   start_epoch = start_step // steps_per_epoch
-  best = checkpoints.best_meta() or {'val_all_images_dice': -1.0}
+  best = checkpoints.best_meta() or {}
 
   validation_batches = input_pipeline.eval_batches(validation_split, config.data,
                                                    batch_size=config.eval.batch_size)
@@ -269,7 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      val_iou=summary['lesion']['iou']['mean'],
                      val_normal_empty_rate=summary['normal']['empty_rate'],
                      val_all_images_dice=score)
-      if score > best['val_all_images_dice']:
+      if score > best.get('val_all_images_dice', -1.0):
         best = {'val_all_images_dice': score, 'epoch': epoch + 1, 'step': step}
         checkpoints.save_best(step, inference_variables(state), best)
       progress.write(f'epoch {epoch + 1}: loss {scalars["epoch_loss"]:.4f}, validation lesion '
@@ -285,8 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   variables, best = checkpoints.restore_best(
       jax.eval_shape(lambda: inference_variables(state)))
   checkpoints.close()
-  logging.info('Evaluating the best checkpoint (epoch %d, validation all-image Dice %.4f) on '
-               'test.', best['epoch'], best['val_all_images_dice'])
+  logging.info('Evaluating the best checkpoint (%s) on test.', evaluate.best_note(best))
   test_summary = evaluate.evaluate_and_report(
       predictor, variables, config, test_split, 'test',
       os.path.join(workdir, 'eval'), checkpoint_note=evaluate.best_note(best))
