@@ -1,7 +1,9 @@
 """2-core CPU setting: trains a useful BUSI model in well under an hour.
 
 192 x 192 input and a 16-feature U-Net keep one epoch of BUSI's training split (434 images)
-at about half a minute on two cores; metrics are still computed at the original resolution.
+at about 40 seconds on two cores; metrics are still computed at the original resolution.
+Depth 5 (a 6 x 6 bottleneck) sees the whole breast section at once; it beat depth 4 on the
+validation split (all-image Dice 0.695 vs 0.672) for a few percent more time per step.
 """
 from configs import default
 
@@ -10,6 +12,7 @@ def get_config():
   config = default.get_config()
   config.data.image_size = 192
   config.model.base_features = 16
+  config.model.depth = 5
   config.model.dropout = 0.1
   config.train.batch_size = 16
   config.train.num_epochs = 50
