@@ -136,7 +136,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None):
   """(config, model, variables, meta) of a workdir's best checkpoint, for evaluate/predict.
 
-  `meta` says which epoch it is and the validation score that chose it, for the protocol sentence.
+  `meta` says which epoch it is and the validation score that chose it, for the protocol
+  sentence.
   """
   config = config or load_config(workdir)
   model = model_lib.create_model(config.model, config.half_precision)

@@ -73,8 +73,8 @@ def summarize(scores: list[ImageScore], min_lesion_area: int) -> dict:
   summary['normal'] = {'empty_rate': float(np.mean(empty)) if normal else float('nan'),
                        'n': len(normal), 'min_lesion_area': int(min_lesion_area)}
   # One number for every image: a normal scan scores 1 when predicted empty, else 0.
-  summary['all_images_dice'] = float(np.mean([s.dice for s in lesion] + empty)) if scores \
-      else float('nan')
+  per_image = [s.dice for s in lesion] + [float(e) for e in empty]
+  summary['all_images_dice'] = float(np.mean(per_image)) if per_image else float('nan')
   return summary
 
 
