@@ -31,8 +31,9 @@ flags.DEFINE_string('tfds_data_dir', None, 'evaluate/gradcam: where that downloa
                     '(default: <workdir>/eval/tfds when --manual_dir is given).')
 flags.DEFINE_list('input', [], 'predict: image files, folders or globs.')
 flags.DEFINE_string('output', None, 'predict/gradcam: output folder.')
-flags.DEFINE_list('layers', ['bottleneck'], 'gradcam: layers to compare (first one is used '
-                  'by predict), e.g. "encoder_3,bottleneck,decoder_3".')
+# decoder_1 points at the lesion far more often than a coarse bottleneck (README, Grad-CAM).
+flags.DEFINE_list('layers', ['decoder_1'], 'gradcam: layers to compare (first one is used '
+                  'by predict), e.g. "encoder_3,bottleneck,decoder_1".')
 flags.DEFINE_integer('max_images', 16, 'gradcam: images to draw.')
 
 

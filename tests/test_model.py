@@ -102,3 +102,16 @@ def test_presence_head_gates_inference_and_is_sown_in_training():
   ungated = model_lib.UNet(base_features=4, depth=2).apply(
       {k: {n: v for n, v in c.items() if n != 'presence'} for k, c in variables.items()}, x)
   assert float(jnp.max(jax.nn.sigmoid(ungated))) > 1e-3
+
+
+def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
+  model = model_lib.UNet(base_features=4, depth=2)
+  x = jax.random.uniform(jax.random.key(2), (2, 16, 16, 1))
+  variables = model.init(jax.random.key(0), x)
+  plain = model.apply(variables, x)[..., 0]
+  mirrored = model.apply(variables, x[:, :, ::-1])[..., 0][:, :, ::-1]
+  np.testing.assert_allclose(model_lib.inference_logits(model, variables, x, flip_tta=False),
+                             plain, atol=1e-6)
+  tta = model_lib.inference_logits(model, variables, x, flip_tta=True)
+  np.testing.assert_allclose(tta, (plain + mirrored) / 2, atol=1e-5)
+  assert float(jnp.max(jnp.abs(tta - plain))) > 1e-4  # A random net is not mirror-symmetric.

@@ -5,6 +5,7 @@ original size and thresholded there, because that is the mask a clinician would 
 """
 import csv
 import dataclasses
+import functools
 import json
 import os
 
@@ -15,6 +16,7 @@ from tqdm import tqdm
 from unet_flax import checkpointing
 from unet_flax import imaging
 from unet_flax import metrics as metrics_lib
+from unet_flax import model as model_lib
 from unet_flax import sharding
 from unet_flax import visualize
 
@@ -24,11 +26,11 @@ SAMPLES_PER_CLASS = 4  # Images per class kept for the prediction grid figure.
 class Predictor:
   """A jit-compiled forward pass over data-sharded batches (BatchNorm in inference mode)."""
 
-  def __init__(self, model, mesh, batch_size: int):
+  def __init__(self, model, mesh, batch_size: int, flip_tta: bool = False):
     sharding.check_batch_size(batch_size, 'eval.batch_size')
     self.mesh = mesh
     self._apply = jax.jit(
-        lambda variables, images: model.apply(variables, images, train=False)[..., 0],
+        functools.partial(model_lib.inference_logits, model, flip_tta=flip_tta),
         in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
         out_shardings=sharding.replicated(mesh))
 
@@ -118,7 +120,9 @@ def evaluate_workdir(workdir: str, config, split: str) -> dict:
   from data import input_pipeline  # data/ owns TensorFlow.
   _, model, variables, best = checkpointing.load_inference(workdir, config)
   raw_split = input_pipeline.load_split(config.data, split)
-  predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size)
+  # Workdirs saved before flip TTA existed keep being evaluated as they were.
+  predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size,
+                        config.eval.get('flip_tta', False))
   return evaluate_and_report(
       predictor, variables, config, raw_split, split, os.path.join(workdir, 'eval'),
       checkpoint_note=f'best of {workdir}, {best_note(best)}')

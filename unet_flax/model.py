@@ -180,6 +180,21 @@ def create_model(model_config, half_precision: bool = False) -> UNet:
               dtype=jnp.bfloat16 if half_precision else jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnames=('model', 'flip_tta'))
+def inference_logits(model: UNet, variables, images, flip_tta: bool):
+  """(B, S, S) logits in inference mode; with `flip_tta`, the mean of the image's and its
+  left-right mirror's logits.
+
+  A lesion is a lesion in the mirrored scan too (training augments with that flip), so the
+  mean of the two views cancels some of either view's errors, for twice the compute.
+  """
+  logits = model.apply(variables, images, train=False)[..., 0]
+  if flip_tta:
+    mirrored = model.apply(variables, images[:, :, ::-1], train=False)[..., 0]
+    logits = (logits + mirrored[:, :, ::-1]) / 2
+  return logits
+
+
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def init_variables(model: UNet, seed, image_size: int) -> dict:
   """Parameters and BatchNorm statistics only, initialised in one compiled program.

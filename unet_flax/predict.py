@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from unet_flax import gradcam
 from unet_flax import imaging
+from unet_flax import model as model_lib
 from unet_flax import visualize
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
@@ -135,8 +136,23 @@ def _write_outputs(output_dir: str, name: str, gray: np.ndarray, logits: np.ndar
   return line
 
 
+def _explain(model, variables, config, images: np.ndarray, layers) -> tuple[np.ndarray, dict]:
+  """The logits `evaluate` scores (flip TTA per config) and each layer's Grad-CAM of the
+  region they mark, so the map explains the very mask that is shown.
+
+  Returns ((B, S, S) logits, {layer: GradCamResult}).
+  """
+  flip_tta = config.eval.get('flip_tta', False)  # Absent from older workdirs' configs.
+  logits = model_lib.inference_logits(model, variables, images, flip_tta=flip_tta)
+  threshold = config.eval.threshold
+  region = np.asarray(logits > np.log(threshold / (1 - threshold)))
+  return np.asarray(logits), {layer: gradcam.seg_grad_cam(model, variables, images, layer,
+                                                          region=region)
+                              for layer in layers}
+
+
 def predict_files(model, variables, config, paths: list[str], output_dir: str,
-                  layer: str = 'bottleneck') -> int:
+                  layer: str = 'decoder_1') -> int:
   """Predicts every image of `paths` into `output_dir`; returns how many inputs failed.
 
   Per input `X.ext`: `X_mask.png` (0/255), `X_cam.npy` (float32 Seg-Grad-CAM of `layer`)
@@ -171,10 +187,10 @@ def predict_files(model, variables, config, paths: list[str], output_dir: str,
       images = np.zeros((batch_size, size, size, 1), np.float32)
       for i, (_, gray, _) in enumerate(loaded):
         images[i] = imaging.model_input(gray, size)
-      result = gradcam.seg_grad_cam(model, variables, images, layer, threshold=threshold)
+      logits, results = _explain(model, variables, config, images, [layer])
       for i, (name, gray, truth) in enumerate(loaded):
-        tqdm.write(_write_outputs(output_dir, name, gray, result.logits[i], result.cam[i],
-                                  truth, threshold, bool(result.empty_target[i])))
+        tqdm.write(_write_outputs(output_dir, name, gray, logits[i], results[layer].cam[i],
+                                  truth, threshold, bool(results[layer].empty_target[i])))
   return failures
 
 
@@ -183,7 +199,7 @@ def _file_name(image_id: str) -> str:
 
 
 def gradcam_split(model, variables, config, batches, output_dir: str,
-                  layers: tuple[str, ...] = ('bottleneck',),
+                  layers: tuple[str, ...] = ('decoder_1',),
                   max_images: int = 16) -> dict[str, float]:
   """Seg-Grad-CAM of each layer on every image of `batches`; pointing game per layer.
 
@@ -198,8 +214,7 @@ def gradcam_split(model, variables, config, batches, output_dir: str,
   empty = 0
   shown = []  # (image id, image, truth, {layer: cam}) for the comparison figure.
   for batch in tqdm(batches, desc='gradcam', unit='batch', leave=False):
-    results = {layer: gradcam.seg_grad_cam(model, variables, batch['image'], layer,
-                                           threshold=threshold) for layer in layers}
+    logits, results = _explain(model, variables, config, batch['image'], layers)
     for i, raw_id in enumerate(batch['image_id']):
       h, w = int(batch['orig_height'][i]), int(batch['orig_width'][i])
       truth = batch['orig_mask'][i, :h, :w] > 0
@@ -210,7 +225,7 @@ def gradcam_split(model, variables, config, batches, output_dir: str,
           hits[layer].append(gradcam.pointing_hit(cams[layer], truth))
       if len(shown) < max_images:
         image_id, gray = raw_id.decode(), batch['orig_image'][i, :h, :w]
-        pred = imaging.lesion_probability(results[layers[0]].logits[i], h, w) > threshold
+        pred = imaging.lesion_probability(logits[i], h, w) > threshold
         visualize.overlay_figure(
             gray, pred, cams[layers[0]],
             os.path.join(output_dir, f'{_file_name(image_id)}_overlay.png'),

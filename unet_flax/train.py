@@ -233,7 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validation_batches = input_pipeline.eval_batches(validation_split, config.data,
                                                    batch_size=config.eval.batch_size)
   p_train_step = compile_train_step(config, mesh)
-  predictor = evaluate.Predictor(model, mesh, config.eval.batch_size)
+  predictor = evaluate.Predictor(model, mesh, config.eval.batch_size, config.eval.flip_tta)
   log = MetricsLog(workdir, start_step)
   progress = tqdm(total=total_steps, initial=start_step, desc='train', unit='step',
                   disable=jax.process_index() != 0, dynamic_ncols=True)
