@@ -63,6 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.dice_weight = 1.0
   train.bce_weight = 1.0
   train.presence_weight = 0.5  # BCE of the presence head (used when model.presence_head).
+  # Validation, checkpoints and inference use an exponential moving average of the weights
+  # (0 = the raw weights).
+  train.ema_decay = 0.99
   train.log_every_steps = 10
   train.eval_every_epochs = 2
   train.checkpoint_every_epochs = 2

@@ -62,6 +62,35 @@ def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
   assert float(second['loss']) < float(first['loss'])
 
 
+def test_ema_warms_up_then_follows_the_configured_decay():
+  params = {'w': jnp.zeros(3)}
+  target = {'w': jnp.ones(3)}
+  # Step 0: decay min(0.99, 1/10) = 0.1, so the average moves 90 % of the way at once.
+  np.testing.assert_allclose(train.update_ema(params, target, 0, 0.99)['w'], 0.9)
+  # Late: the configured decay; 0 gives the parameters themselves.
+  np.testing.assert_allclose(train.update_ema(params, target, 10_000, 0.99)['w'], 0.01,
+                             rtol=1e-5)
+  np.testing.assert_allclose(train.update_ema(params, target, 5, 0.0)['w'], 1.0)
+
+
+def test_evaluated_weights_are_the_average_of_the_trained_ones():
+  config = _config()
+  config.train.ema_decay = 0.5
+  _, mesh, state, step = _setup(config)
+  batch = sharding.global_batch(_batch(), mesh)
+  history = [jax.device_get(state.params)]  # Host copies: the step donates the state.
+  for _ in range(12):
+    state, _ = step(state, batch)
+    history.append(jax.device_get(state.params))
+  expected = history[0]
+  for t, params in enumerate(history[1:]):
+    expected = train.update_ema(expected, params, t, 0.5)
+  head_kernel = lambda tree: tree['head']['kernel']
+  np.testing.assert_allclose(head_kernel(train.inference_variables(state)['params']),
+                             head_kernel(expected), rtol=1e-5, atol=1e-7)
+  assert not np.allclose(head_kernel(state.ema_params), head_kernel(state.params))
+
+
 def test_a_few_steps_overfit_a_tiny_batch():
   config = _config()
   _, mesh, state, step = _setup(config)
