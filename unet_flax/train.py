@@ -82,7 +82,7 @@ def update_ema(ema_params, params, step, decay: float):
   validation is more representative of the model.
   """
   decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+  return optax.incremental_update(params, ema_params, step_size=1.0 - decay)
 
 
 def train_step(state: TrainState, batch, *, dice_weight: float, bce_weight: float,
