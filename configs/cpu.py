@@ -1,6 +1,6 @@
 """2-core CPU setting: trains a useful BUSI model in well under an hour.
 
-192 x 192 input and a 16-feature U-Net keep one epoch of BUSI's training split (434 images)
+192 x 192 input and a 16-feature U-Net keep one epoch of BUSI's training split (424 images)
 at about 40 seconds on two cores; metrics are still computed at the original resolution.
 Depth 5 (a 6 x 6 bottleneck) sees the whole breast section at once; it beat depth 4 on the
 validation split (all-image Dice 0.695 vs 0.672 after 50 epochs), and 70 epochs beat 50

@@ -256,8 +256,19 @@ def test_splits_keep_groups_whole_and_hit_fractions():
   for label in ('benign', 'malignant', 'normal'):
     ids = [i for i in labels if labels[i] == label]
     counts = collections.Counter(splits[i] for i in ids)
-    for name, fraction in duplicates.SPLITS:
+    for name, fraction in duplicates.split_fractions(label):
       assert abs(counts[name] / len(ids) - fraction) < 0.03, (label, name, counts)
+
+
+def test_larger_normal_validation_leaves_test_unchanged(monkeypatch):
+  labels, groups = _synthetic_groups()
+  splits = duplicates.assign_splits(labels, groups)
+  monkeypatch.setattr(duplicates, 'CLASS_SPLITS', {})
+  uniform = duplicates.assign_splits(labels, groups)
+  assert {i for i in splits if splits[i] == 'test'} == {i for i in uniform if uniform[i] == 'test'}
+  moved = {i for i in splits if splits[i] != uniform[i]}
+  assert moved and all(labels[i] == 'normal' and uniform[i] == 'train' for i in moved)
+  assert all(splits[i] == 'validation' for i in moved)
 
 
 def test_splits_ignore_listing_order():
@@ -303,7 +314,7 @@ def test_tfds_build_from_zip(tmp_path):
   busi_fixtures.zip_tree(dataset, tmp_path / 'manual' / 'archive.zip')
   builder = _tfds_build(tmp_path / 'manual', tmp_path / 'data')
 
-  assert builder.info.name == 'busi' and str(builder.info.version) == '1.0.0'
+  assert builder.info.name == 'busi' and str(builder.info.version) == '1.1.0'
   by_id = {}
   for split in builder.info.splits:
     for example in _examples(builder, split):
@@ -388,7 +399,7 @@ def test_real_duplicate_groups_stay_in_one_split(real_build):
   assert 150 <= sum(n for n in sizes.values() if n > 1) <= 320
   for label in range(len(dataset_files.CLASSES)):
     total = sum(e['label'] == label for split in real_build.values() for e in split)
-    for name, fraction in duplicates.SPLITS:
+    for name, fraction in duplicates.split_fractions(dataset_files.CLASSES[label]):
       count = sum(e['label'] == label for e in real_build[name])
       assert abs(count / total - fraction) < 0.04, (label, name, count)
 
