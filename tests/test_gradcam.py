@@ -162,7 +162,7 @@ def _train(model, images, masks, steps: int):
     def loss_fn(p):
       logits, updates = model.apply({'params': p, 'batch_stats': batch_stats}, x,
                                     train=True, mutable=['batch_stats'])
-      return losses.dice_bce_loss(logits, y), updates['batch_stats']
+      return losses.dice_bce_loss(logits, y)[0], updates['batch_stats']
 
     grads, batch_stats = jax.grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)

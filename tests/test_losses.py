@@ -48,9 +48,10 @@ def test_dice_bce_weights():
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(2, 4, 4, 1)), jnp.float32)
   masks = jnp.asarray(rng.random((2, 4, 4, 1)) > 0.5, jnp.float32)
-  combined = losses.dice_bce_loss(logits, masks, dice_weight=0.3, bce_weight=2.0)
-  expected = 0.3 * losses.soft_dice_loss(logits, masks) + 2.0 * losses.bce_loss(logits, masks)
-  assert float(combined) == pytest.approx(float(expected), rel=1e-6)
+  combined, (dice, bce) = losses.dice_bce_loss(logits, masks, dice_weight=0.3, bce_weight=2.0)
+  assert float(dice) == pytest.approx(float(losses.soft_dice_loss(logits, masks)), rel=1e-6)
+  assert float(bce) == pytest.approx(float(losses.bce_loss(logits, masks)), rel=1e-6)
+  assert float(combined) == pytest.approx(0.3 * float(dice) + 2.0 * float(bce), rel=1e-6)
 
 
 def test_presence_loss_targets_whether_the_mask_has_any_lesion_pixel():

@@ -26,7 +26,9 @@ def bce_loss(logits, masks):
 
 
 def dice_bce_loss(logits, masks, dice_weight: float = 1.0, bce_weight: float = 1.0):
-  return dice_weight * soft_dice_loss(logits, masks) + bce_weight * bce_loss(logits, masks)
+  """The weighted sum, and its two terms (dice, bce) unweighted, for logging."""
+  dice, bce = soft_dice_loss(logits, masks), bce_loss(logits, masks)
+  return dice_weight * dice + bce_weight * bce, (dice, bce)
 
 
 def presence_loss(presence_logits, masks):

@@ -99,12 +99,11 @@ def train_step(state: TrainState, batch, *, dice_weight: float, bce_weight: floa
     logits, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
         mutable=['batch_stats', 'aux'], rngs={'dropout': dropout_rng})
-    dice = losses.soft_dice_loss(logits, batch['mask'])
-    bce = losses.bce_loss(logits, batch['mask'])
+    loss, (dice, bce) = losses.dice_bce_loss(logits, batch['mask'], dice_weight, bce_weight)
     presence = jnp.zeros(())
     if 'aux' in updates:  # The model has a presence head.
       presence = losses.presence_loss(updates['aux']['presence_logits'][0], batch['mask'])
-    loss = dice_weight * dice + bce_weight * bce + presence_weight * presence
+    loss += presence_weight * presence
     return loss, (updates, dice, bce, presence)
 
   (loss, (updates, dice, bce, presence)), grads = jax.value_and_grad(
