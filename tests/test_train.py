@@ -1,4 +1,6 @@
 """The train step, the optimizer setup, the NaN guard and checkpoint round trips."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,3 +160,20 @@ def test_workdir_with_another_model_shape_is_refused(tmp_path):
   config.model.base_features = 8
   with pytest.raises(ValueError, match='config.model=.*use a new --workdir'):
     checkpointing.save_config(config, str(tmp_path))
+
+
+def test_config_of_an_older_workdir_loads_with_the_behaviour_it_had(tmp_path):
+  config = _config()
+  config.model.presence_head = True
+  config.eval.flip_tta = True
+  checkpointing.save_config(config, str(tmp_path))
+  loaded = checkpointing.load_config(str(tmp_path))
+  assert loaded.model.presence_head and loaded.eval.flip_tta  # Saved values win.
+  older = json.loads((tmp_path / 'config.json').read_text())
+  del older['model']['presence_head'], older['eval']['flip_tta']
+  (tmp_path / 'config.json').write_text(json.dumps(older))
+  loaded = checkpointing.load_config(str(tmp_path))
+  assert loaded.model.presence_head is False and loaded.eval.flip_tta is False
+  assert loaded.to_dict() == {**config.to_dict(),
+                              'model': {**config.model.to_dict(), 'presence_head': False},
+                              'eval': {**config.eval.to_dict(), 'flip_tta': False}}

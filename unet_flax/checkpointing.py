@@ -125,12 +125,21 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.replace(path + '.tmp', path)
 
 
+# Inference fields added after some workdirs were written, with the value that reproduces how
+# those workdirs were trained and evaluated (no presence head, one forward pass).
+_FIELDS_ADDED_LATER = {('model', 'presence_head'): False, ('eval', 'flip_tta'): False}
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The workdir's config.json, completed with `_FIELDS_ADDED_LATER` where it predates them."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist: is {workdir!r} a training workdir?')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  for (section, field), value in _FIELDS_ADDED_LATER.items():
+    saved.setdefault(section, {}).setdefault(field, value)
+  return ml_collections.ConfigDict(saved)
 
 
 def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None):

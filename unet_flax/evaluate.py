@@ -120,9 +120,8 @@ def evaluate_workdir(workdir: str, config, split: str) -> dict:
   from data import input_pipeline  # data/ owns TensorFlow.
   _, model, variables, best = checkpointing.load_inference(workdir, config)
   raw_split = input_pipeline.load_split(config.data, split)
-  # Workdirs saved before flip TTA existed keep being evaluated as they were.
   predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size,
-                        config.eval.get('flip_tta', False))
+                        config.eval.flip_tta)
   return evaluate_and_report(
       predictor, variables, config, raw_split, split, os.path.join(workdir, 'eval'),
       checkpoint_note=f'best of {workdir}, {best_note(best)}')

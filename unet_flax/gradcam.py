@@ -47,7 +47,7 @@ def _gradients(model: nn.Module, layer: str, variables, images, region, threshol
         images, train=False, mutable=['intermediates'])
     logits = logits[..., 0]
     if region is None:
-      mask = jax.lax.stop_gradient(logits > jnp.log(threshold / (1 - threshold)))
+      mask = jax.lax.stop_gradient(logits > jax.scipy.special.logit(threshold))
     else:
       mask = region
     mask = mask.astype(jnp.float32)

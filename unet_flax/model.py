@@ -175,8 +175,7 @@ def create_model(model_config, half_precision: bool = False) -> UNet:
   return UNet(base_features=model_config.base_features, depth=model_config.depth,
               norm=model_config.norm, dropout=model_config.dropout,
               upsample=model_config.upsample,
-              # Workdirs saved before the head existed have no such field, and no such head.
-              presence_head=model_config.get('presence_head', False),
+              presence_head=model_config.presence_head,
               dtype=jnp.bfloat16 if half_precision else jnp.float32)
 
 

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 from PIL import Image
+from scipy import special
 from tqdm import tqdm
 
 from unet_flax import gradcam
@@ -142,10 +143,8 @@ def _explain(model, variables, config, images: np.ndarray, layers) -> tuple[np.n
 
   Returns ((B, S, S) logits, {layer: GradCamResult}).
   """
-  flip_tta = config.eval.get('flip_tta', False)  # Absent from older workdirs' configs.
-  logits = model_lib.inference_logits(model, variables, images, flip_tta=flip_tta)
-  threshold = config.eval.threshold
-  region = np.asarray(logits > np.log(threshold / (1 - threshold)))
+  logits = model_lib.inference_logits(model, variables, images, flip_tta=config.eval.flip_tta)
+  region = np.asarray(logits > special.logit(config.eval.threshold))
   return np.asarray(logits), {layer: gradcam.seg_grad_cam(model, variables, images, layer,
                                                           region=region)
                               for layer in layers}
