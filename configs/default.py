@@ -76,7 +76,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.batch_size = 16
-  evaluate.threshold = 0.5
+  evaluate.threshold = 0.5  # Used for validation during training.
+  # After training, the best checkpoint's threshold is chosen on the validation split among
+  # these (highest all-image Dice; ties: closest to `threshold`) and kept with the checkpoint:
+  # the test report, evaluate, predict and Grad-CAM use it. () keeps `threshold`.
+  evaluate.threshold_candidates = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
   # Average the logits of each image and its left-right mirror (validation, evaluate and
   # predict alike): twice the inference compute for a steadier mask.
   evaluate.flip_tta = True

@@ -54,9 +54,25 @@ def test_config_override_reaches_the_model(trained_workdir):
   assert variables['params']['encoder_0']['conv_0']['kernel'].shape == (3, 3, 1, 6)
 
 
+def test_threshold_chosen_on_validation_travels_with_the_checkpoint(trained_workdir):
+  from unet_flax import checkpointing
+  config, _, _, best = checkpointing.load_inference(trained_workdir)
+  by_threshold = best['val_all_images_dice_by_threshold']
+  assert [float(t) for t in by_threshold] == list(config.eval.threshold_candidates)
+  assert best['threshold'] == config.eval.threshold
+  assert by_threshold[str(best['threshold'])] == max(by_threshold.values())
+  with open(os.path.join(trained_workdir, 'eval/test/summary.json')) as f:
+    protocol = json.load(f)['protocol']
+  assert f"threshold {best['threshold']}); checkpoint" in protocol
+  assert f"threshold {best['threshold']} chosen on validation" in protocol
+
+
 def test_evaluate_mode_needs_no_config_and_writes_per_image_rows(trained_workdir):
+  from unet_flax import checkpointing
   result = _main('--mode=evaluate', f'--workdir={trained_workdir}', '--split=validation+test')
   assert 'ORIGINAL resolution' in result.stdout
+  threshold = checkpointing.load_inference(trained_workdir)[3]['threshold']
+  assert f'threshold {threshold}); checkpoint' in result.stdout
   with open(os.path.join(trained_workdir, 'eval/validation+test/per_image.csv')) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 16 + 24

@@ -62,3 +62,20 @@ def test_summary_per_class_pooled_and_normal_empty_rate():
   assert summary['all_images_dice'] == pytest.approx((1 + 10 / 30 + 0 + 1 + 0) / 5)
   table = metrics.format_table(summary, 'PROTOCOL LINE')
   assert table.splitlines()[0] == 'PROTOCOL LINE' and 'benign' in table
+
+
+def test_threshold_is_chosen_by_all_image_dice_with_ties_to_the_preferred_one():
+  truth = _box((10, 10), 2, 2, 4, 4)  # 16 px.
+  lesion = np.where(truth, 0.95, 0.05)
+  lesion[1, 2:6] = 0.55  # A row above the lesion: inside the mask only at thresholds < 0.55.
+  normal = np.where(_box((10, 10), 0, 0, 3, 3), 0.75, 0.02)  # A false 9-px lesion.
+  images = [('benign (1)', 0, lesion, truth), ('normal (1)', 2, normal, np.zeros((10, 10)))]
+  threshold, by_threshold = metrics.choose_threshold(
+      images, (0.3, 0.5, 0.6, 0.8, 0.9), preferred=0.5, min_lesion_area=5)
+  # 0.3 / 0.5: Dice 2*16/36 on the lesion, normal not empty. 0.6: lesion exact, normal not
+  # empty. 0.8 / 0.9: both right (all-image Dice 1); 0.8 is the closer to 0.5.
+  assert by_threshold == pytest.approx({0.3: 16 / 36, 0.5: 16 / 36, 0.6: 0.5, 0.8: 1.0, 0.9: 1.0})
+  assert threshold == 0.8
+  # With a minimum area above the false lesion, 0.6 already scores 1 and is preferred.
+  threshold, _ = metrics.choose_threshold(images, (0.3, 0.5, 0.6, 0.8, 0.9), 0.5, 10)
+  assert threshold == 0.6

@@ -170,10 +170,23 @@ def test_config_of_an_older_workdir_loads_with_the_behaviour_it_had(tmp_path):
   loaded = checkpointing.load_config(str(tmp_path))
   assert loaded.model.presence_head and loaded.eval.flip_tta  # Saved values win.
   older = json.loads((tmp_path / 'config.json').read_text())
-  del older['model']['presence_head'], older['eval']['flip_tta']
+  del (older['model']['presence_head'], older['eval']['flip_tta'],
+       older['eval']['threshold_candidates'])
   (tmp_path / 'config.json').write_text(json.dumps(older))
   loaded = checkpointing.load_config(str(tmp_path))
   assert loaded.model.presence_head is False and loaded.eval.flip_tta is False
-  assert loaded.to_dict() == {**config.to_dict(),
-                              'model': {**config.model.to_dict(), 'presence_head': False},
-                              'eval': {**config.eval.to_dict(), 'flip_tta': False}}
+  assert loaded.eval.threshold_candidates == ()  # Older runs keep eval.threshold.
+  saved = json.loads(config.to_json_best_effort())
+  assert loaded.to_dict() == {
+      **saved, 'model': {**saved['model'], 'presence_head': False},
+      'eval': {**saved['eval'], 'flip_tta': False, 'threshold_candidates': ()}}
+
+
+def test_chosen_threshold_applies_unless_the_config_asks_for_none():
+  config = _config()
+  config.eval.threshold_candidates = (0.5, 0.7)
+  chosen = checkpointing.with_chosen_threshold(config, {'epoch': 3, 'threshold': 0.7})
+  assert chosen.eval.threshold == 0.7 and config.eval.threshold == 0.5  # A copy.
+  assert checkpointing.with_chosen_threshold(config, {'epoch': 3}) is config  # Older meta.
+  config.eval.threshold_candidates = ()
+  assert checkpointing.with_chosen_threshold(config, {'threshold': 0.7}).eval.threshold == 0.5

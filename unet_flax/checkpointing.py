@@ -127,7 +127,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 # Inference fields added after some workdirs were written, with the value that reproduces how
 # those workdirs were trained and evaluated (no presence head, one forward pass).
-_FIELDS_ADDED_LATER = {('model', 'presence_head'): False, ('eval', 'flip_tta'): False}
+_FIELDS_ADDED_LATER = {('model', 'presence_head'): False, ('eval', 'flip_tta'): False,
+                       ('eval', 'threshold_candidates'): ()}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -142,11 +143,21 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(saved)
 
 
+def with_chosen_threshold(config: ml_collections.ConfigDict, meta: dict):
+  """`config` with `eval.threshold` set to the one chosen on validation for this checkpoint
+  (`meta['threshold']`), unless the config asks for none to be chosen."""
+  if not config.eval.threshold_candidates or 'threshold' not in meta:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.eval.threshold = meta['threshold']
+  return config
+
+
 def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None):
   """(config, model, variables, meta) of a workdir's best checkpoint, for evaluate/predict.
 
   `meta` says which epoch it is and the validation score that chose it, for the protocol
-  sentence.
+  sentence; the returned config carries the threshold chosen with it (`with_chosen_threshold`).
   """
   config = config or load_config(workdir)
   model = model_lib.create_model(config.model, config.half_precision)
@@ -157,4 +168,4 @@ def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None
     variables, meta = checkpoints.restore_best(abstract)
   finally:
     checkpoints.close()
-  return config, model, variables, meta
+  return with_chosen_threshold(config, meta), model, variables, meta

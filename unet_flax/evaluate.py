@@ -43,25 +43,39 @@ class Predictor:
     images = sharding.global_batch(padded, self.mesh, same_on_all_processes=True)['image']
     return np.asarray(jax.device_get(self._apply(variables, images)))[:n]
 
+  def probability_maps(self, variables, batches, desc: str):
+    """Yields (image_id, label, lesion probability, truth, image) per image of `batches`
+    (from `input_pipeline.eval_batches`), all at the image's original size."""
+    for batch in tqdm(batches, desc=desc, unit='batch', leave=False):
+      logits = self.logits(variables, batch['image'])
+      for i, logit in enumerate(logits):
+        h, w = int(batch['orig_height'][i]), int(batch['orig_width'][i])
+        yield (batch['image_id'][i].decode(), int(batch['label'][i]),
+               imaging.lesion_probability(logit, h, w), batch['orig_mask'][i, :h, :w],
+               batch['orig_image'][i, :h, :w])
+
   def evaluate(self, variables, batches, eval_config, desc: str = 'evaluate'):
-    """Scores every image of `batches` (from `input_pipeline.eval_batches`).
+    """Scores every image of `batches` at `eval_config.threshold`.
 
     Returns (scores, summary, samples); samples are a few (image, truth, prediction, score)
     tuples per class at the original size, for figures.
     """
     scores, samples = [], []
-    for batch in tqdm(batches, desc=desc, unit='batch', leave=False):
-      logits = self.logits(variables, batch['image'])
-      for i, logit in enumerate(logits):
-        h, w = int(batch['orig_height'][i]), int(batch['orig_width'][i])
-        pred = imaging.lesion_probability(logit, h, w) > eval_config.threshold
-        truth = batch['orig_mask'][i, :h, :w]
-        score = metrics_lib.score_image(batch['image_id'][i].decode(), int(batch['label'][i]),
-                                        pred, truth)
-        scores.append(score)
-        if sum(s[3].label == score.label for s in samples) < SAMPLES_PER_CLASS:
-          samples.append((batch['orig_image'][i, :h, :w], truth, pred, score))
+    for image_id, label, probability, truth, image in self.probability_maps(
+        variables, batches, desc):
+      pred = probability > eval_config.threshold
+      score = metrics_lib.score_image(image_id, label, pred, truth)
+      scores.append(score)
+      if sum(s[3].label == label for s in samples) < SAMPLES_PER_CLASS:
+        samples.append((image, truth, pred, score))
     return scores, metrics_lib.summarize(scores, eval_config.min_lesion_area), samples
+
+  def choose_threshold(self, variables, batches, eval_config):
+    """(threshold, {candidate: all-image Dice}) on `batches`, see `metrics.choose_threshold`."""
+    images = [(image_id, label, probability, truth) for image_id, label, probability, truth, _
+              in self.probability_maps(variables, batches, 'choosing the threshold')]
+    return metrics_lib.choose_threshold(images, eval_config.threshold_candidates,
+                                        eval_config.threshold, eval_config.min_lesion_area)
 
 
 def protocol(config, split: str, summary: dict, checkpoint_note: str) -> str:
@@ -75,11 +89,17 @@ def protocol(config, split: str, summary: dict, checkpoint_note: str) -> str:
 
 
 def best_note(best: dict) -> str:
-  """How the evaluated checkpoint was chosen, for the protocol sentence."""
+  """How the evaluated checkpoint (and its threshold) was chosen, for the protocol sentence."""
   if 'val_all_images_dice' not in best:  # Workdirs from before the all-image criterion.
     return f"epoch {best['epoch']}, chosen on validation lesion Dice {best['val_dice']:.4f}"
-  return (f"epoch {best['epoch']}, chosen on validation all-image Dice "
+  note = (f"epoch {best['epoch']}, chosen on validation all-image Dice "
           f"{best['val_all_images_dice']:.4f} (lesion Dice; a normal scan 1 if empty, else 0)")
+  if 'threshold' in best:
+    by_threshold = best['val_all_images_dice_by_threshold']
+    note += (f"; threshold {best['threshold']} chosen on validation all-image Dice "
+             f"{by_threshold[str(best['threshold'])]:.4f} among " +
+             ', '.join(f'{t}: {d:.4f}' for t, d in by_threshold.items()))
+  return note
 
 
 def write_report(scores, summary: dict, samples, protocol_text: str, out_dir: str,
@@ -118,7 +138,7 @@ def evaluate_and_report(predictor, variables, config, raw_split, split: str, out
 def evaluate_workdir(workdir: str, config, split: str) -> dict:
   """--mode=evaluate: the workdir's best checkpoint on any split expression of any build."""
   from data import input_pipeline  # data/ owns TensorFlow.
-  _, model, variables, best = checkpointing.load_inference(workdir, config)
+  config, model, variables, best = checkpointing.load_inference(workdir, config)
   raw_split = input_pipeline.load_split(config.data, split)
   predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size,
                         config.eval.flip_tta)

@@ -78,6 +78,25 @@ def summarize(scores: list[ImageScore], min_lesion_area: int) -> dict:
   return summary
 
 
+def choose_threshold(images, candidates, preferred: float, min_lesion_area: int):
+  """The probability threshold with the highest all-image Dice over `images`.
+
+  `images` holds (image_id, label, probability map, truth) at the original size; ties go to
+  the candidate closest to `preferred`. Returns (threshold, {threshold: all-image Dice}).
+  Meant for the validation split: the gate's product P(pixel | lesion) x P(lesion) puts a
+  false lesion on a normal scan at about the presence probability, so a threshold above it
+  clears the scan, at the price of shrinking the lesion masks.
+  """
+  dice_by_threshold = {}
+  for threshold in candidates:
+    scores = [score_image(image_id, label, probability > threshold, truth)
+              for image_id, label, probability, truth in images]
+    dice_by_threshold[float(threshold)] = summarize(scores, min_lesion_area)['all_images_dice']
+  best = max(dice_by_threshold,
+             key=lambda t: (dice_by_threshold[t], -abs(t - preferred)))
+  return best, dice_by_threshold
+
+
 def format_table(summary: dict, protocol: str) -> str:
   """A plain-text table of a summary, with the protocol stated above the numbers."""
   lines = [protocol, f"{'group':<10} {'n':>4} {'Dice mean+-std':>16} {'IoU mean+-std':>16}"]

@@ -251,7 +251,7 @@ def gradcam_workdir(workdir: str, config, split: str, output_dir: str, layers: l
   """--mode=gradcam: the workdir's best checkpoint on a split expression."""
   from data import input_pipeline  # data/ owns TensorFlow.
   from unet_flax import checkpointing  # Orbax is only needed here.
-  _, model, variables, _ = checkpointing.load_inference(workdir, config)
+  config, model, variables, _ = checkpointing.load_inference(workdir, config)
   batches = input_pipeline.eval_batches(input_pipeline.load_split(config.data, split),
                                         config.data, batch_size=config.eval.batch_size)
   return gradcam_split(model, variables, config, batches, output_dir, tuple(layers),

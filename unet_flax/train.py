@@ -302,11 +302,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   variables, best = checkpoints.restore_best(
       jax.eval_shape(lambda: inference_variables(state)))
+  if config.eval.threshold_candidates:
+    threshold, by_threshold = predictor.choose_threshold(variables, validation_batches,
+                                                         config.eval)
+    best = {**best, 'threshold': threshold,
+            'val_all_images_dice_by_threshold': {str(t): d for t, d in by_threshold.items()}}
+    checkpoints.save_best(best['step'], variables, best)
   checkpoints.close()
   logging.info('Evaluating the best checkpoint (%s) on test.', evaluate.best_note(best))
   test_summary = evaluate.evaluate_and_report(
-      predictor, variables, config, test_split, 'test',
-      os.path.join(workdir, 'eval'), checkpoint_note=evaluate.best_note(best))
+      predictor, variables, checkpointing.with_chosen_threshold(config, best), test_split,
+      'test', os.path.join(workdir, 'eval'), checkpoint_note=evaluate.best_note(best))
   if jax.process_index() == 0:
     visualize.training_curves(log.path, os.path.join(workdir, 'training_curves.png'))
   return test_summary
