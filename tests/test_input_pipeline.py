@@ -10,6 +10,7 @@ import busi_fixtures
 from configs import default
 from data import input_pipeline
 from data import synthetic
+from unet_flax import imaging
 
 SIZE = 32
 
@@ -165,6 +166,22 @@ def test_eval_batches_keep_every_example_and_its_original_mask():
   assert i == 7
 
 
+
+def test_predict_feeds_the_network_what_evaluation_feeds_it():
+  """`--mode=predict` resizes with PIL, the pipeline with TF: same pixels, or a user's own
+  scan would be scored by a network that sees it differently from the reported metrics."""
+  config = _config()
+  config.image_size = 192
+  rng = np.random.default_rng(0)
+  # BUSI-sized speckle (about 470 x 560): the downscale where the antialiasing matters.
+  examples = [dict(synthetic.make_examples(1, seed=0)[0],
+                   image=rng.integers(0, 256, (h, w, 1), dtype=np.uint8),
+                   mask=np.zeros((h, w, 1), np.uint8))
+              for h, w in [(471, 562), (476, 431)]]
+  batch = next(iter(input_pipeline.eval_batches(_raw(examples), config, batch_size=2)))
+  for image, example in zip(batch['image'], examples, strict=True):
+    np.testing.assert_allclose(image, imaging.model_input(example['image'][..., 0], 192),
+                               atol=1e-4)
 def test_synthetic_process_shards_are_disjoint_and_complete():
   config = _config()
   ids = [
