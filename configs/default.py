@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Image-level "lesion present" head; its probability multiplies the pixel probabilities,
   # which keeps lesion-like shadows on normal scans from becoming predicted lesions.
   model.presence_head = True
+  # decoder_1 ... decoder_k also predict the (average-pooled) mask during training, with loss
+  # weights 1/2, 1/4, ... (nnU-Net's deep supervision). 0 = off.
+  model.deep_supervision = 0
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 16  # Global batch, split over all devices.

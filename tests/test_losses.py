@@ -59,3 +59,20 @@ def test_presence_loss_targets_whether_the_mask_has_any_lesion_pixel():
   logits = jnp.array([1.5, 0.5])
   expected = -(math.log(_sigmoid(1.5)) + math.log(1 - _sigmoid(0.5))) / 2
   assert float(losses.presence_loss(logits, masks)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_deep_supervision_targets_the_average_pooled_mask_weighted_by_inverse_factor():
+  masks = jnp.zeros((1, 4, 4, 1)).at[0, :2, :2, 0].set(1.0).at[0, 2, 2, 0].set(1.0)
+  half = jnp.array([[[[2.0], [-1.0]], [[0.5], [0.0]]]])  # (1, 2, 2, 1): decoder_1 head.
+  quarter = jnp.array([[[[0.3]]]])  # (1, 1, 1, 1): decoder_2 head.
+  # Lesion fraction per 2 x 2 cell: [[1, 0], [0, 1/4]]; per 4 x 4 cell: 5/16.
+  pooled_half = jnp.array([[[[1.0], [0.0]], [[0.0], [0.25]]]])
+  pooled_quarter = jnp.full((1, 1, 1, 1), 5 / 16)
+  expected = (losses.dice_bce_loss(half, pooled_half, 0.3, 2.0)[0] / 2 +
+              losses.dice_bce_loss(quarter, pooled_quarter, 0.3, 2.0)[0] / 4)
+  got = losses.deep_supervision_loss([half, quarter], masks, dice_weight=0.3, bce_weight=2.0)
+  assert float(got) == pytest.approx(float(expected), rel=1e-6)
+  # Soft BCE by hand for the 1 x 1 head: -(t log s(z) + (1 - t) log(1 - s(z))).
+  t, s = 5 / 16, _sigmoid(0.3)
+  assert float(losses.bce_loss(quarter, pooled_quarter)) == pytest.approx(
+      -(t * math.log(s) + (1 - t) * math.log(1 - s)), rel=1e-6)

@@ -104,6 +104,22 @@ def test_presence_head_gates_inference_and_is_sown_in_training():
   assert float(jnp.max(jax.nn.sigmoid(ungated))) > 1e-3
 
 
+def test_deep_supervision_heads_are_sown_in_training_and_leave_inference_unchanged():
+  x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
+  model = model_lib.UNet(base_features=4, depth=3, deep_supervision=2)
+  variables = model_lib.init_variables(model, 0, 32)
+  _, state = model.apply(variables, x, train=True, mutable=['batch_stats', 'aux'])
+  assert [a.shape for a in state['aux']['deep_logits']] == [(2, 8, 8, 1), (2, 16, 16, 1)]
+  plain_params = {n: v for n, v in variables['params'].items() if not n.startswith('head_')}
+  assert set(variables['params']) - set(plain_params) == {'head_1', 'head_2'}
+  # Without the extra heads, the same weights give the same inference logits.
+  plain = model_lib.UNet(base_features=4, depth=3)
+  np.testing.assert_array_equal(model.apply(variables, x),
+                                plain.apply({**variables, 'params': plain_params}, x))
+  with pytest.raises(ValueError, match='deep_supervision must be in'):
+    model_lib.UNet(base_features=4, depth=3, deep_supervision=3).init(jax.random.key(0), x)
+
+
 def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
   model = model_lib.UNet(base_features=4, depth=2)
   x = jax.random.uniform(jax.random.key(2), (2, 16, 16, 1))

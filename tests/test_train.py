@@ -118,6 +118,24 @@ def test_presence_head_is_trained_only_when_the_model_has_one():
     assert np.isfinite(float(metrics['loss']))
 
 
+def test_deep_supervision_loss_is_added_only_when_configured_and_is_trained():
+  config = _config()
+  batch = _batch()
+  for levels in (0, 1):
+    config.model.deep_supervision = levels
+    _, mesh, state, step = _setup(config)
+    batch_on_mesh = sharding.global_batch(batch, mesh)
+    state, first = step(state, batch_on_mesh)
+    assert (float(first['deep_supervision_loss']) > 0.1) == bool(levels)
+    without_deep = first['dice_loss'] + first['bce_loss'] + (
+        config.train.presence_weight * first['presence_loss'])
+    assert float(first['loss']) == pytest.approx(
+        float(without_deep + first['deep_supervision_loss']), rel=1e-5)
+  for _ in range(5):
+    state, metrics = step(state, batch_on_mesh)
+  assert float(metrics['deep_supervision_loss']) < float(first['deep_supervision_loss'])
+
+
 def test_nonfinite_batch_leaves_state_unchanged_and_is_reported():
   config = _config()
   _, mesh, state, step = _setup(config)
@@ -170,15 +188,16 @@ def test_config_of_an_older_workdir_loads_with_the_behaviour_it_had(tmp_path):
   loaded = checkpointing.load_config(str(tmp_path))
   assert loaded.model.presence_head and loaded.eval.flip_tta  # Saved values win.
   older = json.loads((tmp_path / 'config.json').read_text())
-  del (older['model']['presence_head'], older['eval']['flip_tta'],
-       older['eval']['threshold_candidates'])
+  del (older['model']['presence_head'], older['model']['deep_supervision'],
+       older['eval']['flip_tta'], older['eval']['threshold_candidates'])
   (tmp_path / 'config.json').write_text(json.dumps(older))
   loaded = checkpointing.load_config(str(tmp_path))
   assert loaded.model.presence_head is False and loaded.eval.flip_tta is False
   assert loaded.eval.threshold_candidates == ()  # Older runs keep eval.threshold.
+  assert loaded.model.deep_supervision == 0
   saved = json.loads(config.to_json_best_effort())
   assert loaded.to_dict() == {
-      **saved, 'model': {**saved['model'], 'presence_head': False},
+      **saved, 'model': {**saved['model'], 'presence_head': False, 'deep_supervision': 0},
       'eval': {**saved['eval'], 'flip_tta': False, 'threshold_candidates': ()}}
 
 

@@ -36,3 +36,20 @@ def presence_loss(presence_logits, masks):
   present = jnp.any(masks > 0, axis=tuple(range(1, masks.ndim)))
   return jnp.mean(optax.sigmoid_binary_cross_entropy(presence_logits.astype(jnp.float32),
                                                      present.astype(jnp.float32)))
+
+
+def deep_supervision_loss(deep_logits, masks, dice_weight: float = 1.0,
+                          bce_weight: float = 1.0):
+  """Dice + BCE of each coarse decoder head (B, S/f, S/f, 1) against the mask average-pooled
+  by f (a soft target: the lesion fraction of each cell), weighted 1/f as in nnU-Net.
+
+  Why: the coarse decoder blocks get a direct gradient towards where the lesion is, which
+  regularises a small network trained on a few hundred scans.
+  """
+  b, h, w, c = masks.shape
+  total = jnp.zeros(())
+  for logits in deep_logits:
+    f = h // logits.shape[1]
+    target = masks.astype(jnp.float32).reshape(b, h // f, f, w // f, f, c).mean(axis=(2, 4))
+    total += dice_bce_loss(logits, target, dice_weight, bce_weight)[0] / f
+  return total

@@ -3,7 +3,7 @@
 Layout (Ronneberger et al. 2015): per level two (3x3 conv, norm, ReLU); 2x2 max-pool down;
 2x upsampling (transposed conv or resize + conv) up; skip concatenation; 1x1 conv head that
 returns one channel of lesion logits; optionally an image-level lesion-present head on the
-bottleneck. Every block's output is `sow`n into the 'intermediates' collection and `perturb`s
+bottleneck, and deep-supervision heads on the coarser decoder blocks (training only). Every block's output is `sow`n into the 'intermediates' collection and `perturb`s
 it in the 'perturbations' collection under `<block name>/activation`; both are no-ops unless
 asked for, and they let Grad-CAM read activations and take `jax.grad` with respect to them.
 """
@@ -129,7 +129,8 @@ class UNet(nn.Module):
   precision); parameters stay float32. With `presence_head`, inference returns the mask
   logits gated by the image-level lesion probability (`gate_logits`); training returns the
   raw mask logits and `sow`s the presence logits into the 'aux' collection, so each head gets
-  its own loss.
+  its own loss. With `deep_supervision=k`, decoder_1 ... decoder_k get their own 1x1 logits
+  head too, sown as 'aux'/'deep_logits' (coarsest first) for the training loss only.
   """
   base_features: int = 32
   depth: int = 4
@@ -137,6 +138,7 @@ class UNet(nn.Module):
   dropout: float = 0.0
   upsample: str = 'transpose'
   presence_head: bool = False
+  deep_supervision: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -145,6 +147,9 @@ class UNet(nn.Module):
       raise ValueError(f'model.norm must be one of {NORMS}, got {self.norm!r}')
     if self.upsample not in UPSAMPLES:
       raise ValueError(f'model.upsample must be one of {UPSAMPLES}, got {self.upsample!r}')
+    if not 0 <= self.deep_supervision < self.depth:
+      raise ValueError(f'model.deep_supervision must be in [0, depth - 1 = {self.depth - 1}], '
+                       f'got {self.deep_supervision}')
     factor = 2**self.depth
     if x.shape[1] % factor or x.shape[2] % factor:
       raise ValueError(f'Image size {x.shape[1:3]} must be divisible by 2**depth = {factor}.')
@@ -162,6 +167,10 @@ class UNet(nn.Module):
       x = Upsample(features, self.upsample, self.dtype, name=f'upsample_{level}')(x)
       x = jnp.concatenate([x, skips[level]], axis=-1)
       x = ConvBlock(features, self.norm, dtype=self.dtype, name=f'decoder_{level}')(x, train)
+      if 1 <= level <= self.deep_supervision:
+        # Built in inference too (same parameters either way); XLA drops the unused output.
+        self.sow('aux', 'deep_logits', nn.Conv(1, (1, 1), dtype=self.dtype,
+                                               name=f'head_{level}')(x).astype(jnp.float32))
     logits = nn.Conv(1, (1, 1), dtype=self.dtype, name='head')(x).astype(jnp.float32)
     if not self.presence_head:
       return logits
@@ -176,6 +185,7 @@ def create_model(model_config, half_precision: bool = False) -> UNet:
               norm=model_config.norm, dropout=model_config.dropout,
               upsample=model_config.upsample,
               presence_head=model_config.presence_head,
+              deep_supervision=model_config.deep_supervision,
               dtype=jnp.bfloat16 if half_precision else jnp.float32)
 
 

@@ -100,13 +100,17 @@ def train_step(state: TrainState, batch, *, dice_weight: float, bce_weight: floa
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
         mutable=['batch_stats', 'aux'], rngs={'dropout': dropout_rng})
     loss, (dice, bce) = losses.dice_bce_loss(logits, batch['mask'], dice_weight, bce_weight)
-    presence = jnp.zeros(())
-    if 'aux' in updates:  # The model has a presence head.
-      presence = losses.presence_loss(updates['aux']['presence_logits'][0], batch['mask'])
-    loss += presence_weight * presence
-    return loss, (updates, dice, bce, presence)
+    aux = updates.get('aux', {})
+    presence = deep = jnp.zeros(())
+    if 'presence_logits' in aux:  # The model has a presence head.
+      presence = losses.presence_loss(aux['presence_logits'][0], batch['mask'])
+    if 'deep_logits' in aux:  # The model has deep-supervision heads.
+      deep = losses.deep_supervision_loss(aux['deep_logits'], batch['mask'], dice_weight,
+                                          bce_weight)
+    loss += presence_weight * presence + deep
+    return loss, (updates, dice, bce, presence, deep)
 
-  (loss, (updates, dice, bce, presence)), grads = jax.value_and_grad(
+  (loss, (updates, dice, bce, presence, deep)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -117,6 +121,7 @@ def train_step(state: TrainState, batch, *, dice_weight: float, bce_weight: floa
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   new_state = new_state.replace(step=state.step + 1)
   metrics = {'loss': loss, 'dice_loss': dice, 'bce_loss': bce, 'presence_loss': presence,
+             'deep_supervision_loss': deep,
              'grad_norm': grad_norm, 'finite': finite}
   return new_state, metrics
 
@@ -275,6 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log.write(step, epoch=epoch + 1, train_loss=float(np.mean(running[-20:])),
                   dice_loss=float(metrics['dice_loss']), bce_loss=float(metrics['bce_loss']),
                   presence_loss=float(metrics['presence_loss']),
+                  deep_supervision_loss=float(metrics['deep_supervision_loss']),
                   grad_norm=float(metrics['grad_norm']))
     last_epoch = epoch + 1 == config.train.num_epochs
     scalars = {'epoch': epoch + 1, 'epoch_loss': float(np.mean(running or np.nan)),
