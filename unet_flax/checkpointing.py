@@ -126,8 +126,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 # Inference fields added after some workdirs were written, with the value that reproduces how
-# those workdirs were trained and evaluated (no presence head, one forward pass, the threshold
-# of their config).
+# those workdirs were trained and evaluated (no presence head, no deep supervision, one
+# forward pass, the threshold of their config).
 _FIELDS_ADDED_LATER = {('model', 'presence_head'): False, ('model', 'deep_supervision'): 0,
                        ('eval', 'flip_tta'): False, ('eval', 'threshold_candidates'): ()}
 
