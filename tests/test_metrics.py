@@ -79,3 +79,21 @@ def test_threshold_is_chosen_by_all_image_dice_with_ties_to_the_preferred_one():
   # With a minimum area above the false lesion, 0.6 already scores 1 and is preferred.
   threshold, _ = metrics.choose_threshold(images, (0.3, 0.5, 0.6, 0.8, 0.9), 0.5, 10)
   assert threshold == 0.6
+
+
+def test_bootstrap_interval_of_the_mean_matches_its_standard_error():
+  rng = np.random.default_rng(1)
+  # Lesion-Dice-like: most images 0.6-0.95, about one in ten a miss at 0.
+  dice = np.where(rng.random(400) < 0.1, 0.0, rng.uniform(0.6, 0.95, 400))
+  low, high = metrics.bootstrap_ci95(dice)
+  assert low < dice.mean() < high
+  # Width close to the normal approximation 2 * 1.96 * std / sqrt(n).
+  assert high - low == pytest.approx(2 * 1.96 * dice.std() / np.sqrt(dice.size), rel=0.1)
+  assert metrics.bootstrap_ci95(dice) == [low, high]  # Fixed seed: reports reproduce.
+  quarter_low, quarter_high = metrics.bootstrap_ci95(dice[:100])
+  assert quarter_high - quarter_low > 1.6 * (high - low)  # 4x fewer images: ~2x wider.
+  assert metrics.bootstrap_ci95([0.7, 0.7, 0.7]) == pytest.approx([0.7, 0.7])
+  summary = metrics.summarize([metrics.score_image(f'benign ({i})', 0, m, m)
+                               for i, m in enumerate([np.ones((2, 2))] * 3)], 1)
+  assert summary['lesion']['dice']['ci95'] == pytest.approx([1.0, 1.0])
+  assert np.isnan(summary['malignant']['dice']['ci95']).all()

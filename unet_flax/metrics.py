@@ -44,16 +44,34 @@ def score_image(image_id: str, label: int, pred: np.ndarray, truth: np.ndarray) 
   return ImageScore(image_id, int(label), dice, iou, gt_area, pred_area)
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_ci95(values) -> list[float]:
+  """95 % percentile-bootstrap interval of the mean of per-image `values` (fixed seed).
+
+  Why: on ~100 test lesions with a Dice spread of ~0.3, a mean moves by several hundredths
+  with the images drawn; the interval says how far a reported mean is from a target.
+  """
+  values = np.asarray(values, dtype=np.float64)
+  if values.size == 0:
+    return [float('nan'), float('nan')]
+  rng = np.random.default_rng(0)
+  means = values[rng.integers(0, values.size, (BOOTSTRAP_RESAMPLES, values.size))].mean(axis=1)
+  return [float(q) for q in np.percentile(means, [2.5, 97.5])]
+
+
 def _mean_std(values) -> dict:
   values = np.asarray(values, dtype=np.float64)
   if values.size == 0:
-    return {'mean': float('nan'), 'std': float('nan'), 'n': 0}
-  return {'mean': float(values.mean()), 'std': float(values.std()), 'n': int(values.size)}
+    return {'mean': float('nan'), 'std': float('nan'), 'n': 0, 'ci95': bootstrap_ci95(values)}
+  return {'mean': float(values.mean()), 'std': float(values.std()), 'n': int(values.size),
+          'ci95': bootstrap_ci95(values)}
 
 
 def summarize(scores: list[ImageScore], min_lesion_area: int) -> dict:
-  """Per-class mean +- std Dice/IoU, pooled Dice, the normal-image empty rate, and the
-  all-image Dice that chooses checkpoints.
+  """Per-class mean +- std Dice/IoU (with a bootstrap 95 % interval of the mean), pooled Dice,
+  the normal-image empty rate, and the all-image Dice that chooses checkpoints.
 
   `lesion` pools benign and malignant images (per-image mean); `pooled_dice` is
   2*sum|P&G| / (sum|P| + sum|G|) over all lesion images, which weights big lesions more.
@@ -99,11 +117,13 @@ def choose_threshold(images, candidates, preferred: float, min_lesion_area: int)
 
 def format_table(summary: dict, protocol: str) -> str:
   """A plain-text table of a summary, with the protocol stated above the numbers."""
-  lines = [protocol, f"{'group':<10} {'n':>4} {'Dice mean+-std':>16} {'IoU mean+-std':>16}"]
+  lines = [protocol, f"{'group':<10} {'n':>4} {'Dice mean+-std':>16} {'IoU mean+-std':>16} "
+                    f"{'Dice mean 95% CI':>17}"]
   for name in ('lesion',) + CLASS_NAMES[:NORMAL]:
     d, i = summary[name]['dice'], summary[name]['iou']
     lines.append(f"{name:<10} {d['n']:>4} {d['mean']:>8.3f}+-{d['std']:.3f}"
-                 f"{i['mean']:>10.3f}+-{i['std']:.3f}")
+                 f"{i['mean']:>10.3f}+-{i['std']:.3f}"
+                 f"{d['ci95'][0]:>11.3f}-{d['ci95'][1]:.3f}")
   lines.append(f"pooled Dice (lesion images): {summary['pooled_dice']:.3f}")
   n = summary['normal']
   lines.append(f"normal images predicted empty (< {n['min_lesion_area']} px): "
