@@ -51,6 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Image-level "lesion present" head; its probability multiplies the pixel probabilities,
   # which keeps lesion-like shadows on normal scans from becoming predicted lesions.
   model.presence_head = True
+  # Attention U-Net gates: the decoder weights each skip connection's pixels (Oktay et al.).
+  model.attention_gates = False
   # decoder_1 ... decoder_k also predict the (average-pooled) mask during training, with loss
   # weights 1/2, 1/4, ... (nnU-Net's deep supervision). 0 = off.
   model.deep_supervision = 0

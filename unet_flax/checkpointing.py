@@ -126,9 +126,10 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 # Inference fields added after some workdirs were written, with the value that reproduces how
-# those workdirs were trained and evaluated (no presence head, no deep supervision, one
-# forward pass, the threshold of their config).
+# those workdirs were trained and evaluated (no presence head, attention gates or deep
+# supervision, one forward pass, the threshold of their config).
 _FIELDS_ADDED_LATER = {('model', 'presence_head'): False, ('model', 'deep_supervision'): 0,
+                       ('model', 'attention_gates'): False,
                        ('eval', 'flip_tta'): False, ('eval', 'threshold_candidates'): ()}
 
 
