@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.presence_weight = 0.5  # BCE of the presence head (used when model.presence_head).
   # Validation, checkpoints and inference use an exponential moving average of the weights
   # (0 = the raw weights). Its decay warms up as (1 + step) / (10 + step) up to this value,
-  # which it reaches only after 9 * decay / (1 - decay) steps (0.99: 891; 0.998: 4491).
+  # which it reaches only after (10 * decay - 1) / (1 - decay) steps (0.99: 890; 0.998: 4490).
   train.ema_decay = 0.99
   train.log_every_steps = 10
   train.eval_every_epochs = 2
