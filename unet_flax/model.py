@@ -192,7 +192,7 @@ class UNet(nn.Module):
       x = Upsample(features, self.upsample, self.dtype, name=f'upsample_{level}')(x)
       skip = skips[level]
       if self.attention_gates and level >= 1:
-        skip = AttentionGate(max(features // 2, 1), self.dtype, name=f'gate_{level}')(skip, x)
+        skip = AttentionGate(features // 2, self.dtype, name=f'gate_{level}')(skip, x)
       x = jnp.concatenate([x, skip], axis=-1)
       x = ConvBlock(features, self.norm, dtype=self.dtype, name=f'decoder_{level}')(x, train)
       if 1 <= level <= self.deep_supervision:
