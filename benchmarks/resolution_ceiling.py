@@ -21,6 +21,7 @@ from unet_flax import metrics
 
 def lesion_dice_ceiling(raw_ds, data_config, size: int) -> list[float]:
   """Dice of the S x S target, returned to original size, for every lesion image."""
+  data_config = data_config.copy_and_resolve_references()  # The caller's config stays as is.
   data_config.image_size = size
   dice = []
   for batch in input_pipeline.eval_batches(raw_ds, data_config, batch_size=16):
