@@ -25,10 +25,15 @@ flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict', 'gradcam', '
                   'What to do.')
 flags.DEFINE_string('split', 'test', 'evaluate/gradcam: TFDS split expression, e.g. '
                     '"train+validation+test".')
-flags.DEFINE_string('manual_dir', None, 'evaluate/gradcam: another BUSI download (folder or '
-                    'zip) to evaluate on, instead of the one in the config.')
-flags.DEFINE_string('tfds_data_dir', None, 'evaluate/gradcam: where that download is built '
+flags.DEFINE_enum('dataset', None, ['busi', 'busbra', 'folder', 'synthetic'],
+                  'evaluate/gradcam: the dataset to score the model on (default: each one it '
+                  'was trained on), e.g. a BUSI model on BUS-BRA.')
+flags.DEFINE_string('manual_dir', None, 'evaluate/gradcam: another copy of that dataset '
+                    '(folder or zip) to evaluate on, instead of the one in the config.')
+flags.DEFINE_string('tfds_data_dir', None, 'evaluate/gradcam: where that copy is built '
                     '(default: <workdir>/eval/tfds when --manual_dir is given).')
+flags.DEFINE_string('compare_to', None, 'evaluate: another workdir whose model is scored on '
+                    'the same images; prints and saves the paired per-image differences.')
 flags.DEFINE_list('input', [], 'predict: image files, folders or globs.')
 flags.DEFINE_string('output', None, 'predict/gradcam: output folder.')
 # decoder_1 points at the lesion far more often than a coarse bottleneck (README, Grad-CAM).
@@ -37,17 +42,46 @@ flags.DEFINE_list('layers', ['decoder_1'], 'gradcam: layers to compare (first on
 flags.DEFINE_integer('max_images', 16, 'gradcam: images to draw.')
 
 
-def _workdir_config():
+# Where each dataset's download is configured.
+_MANUAL_DIR_FIELD = {'busi': 'manual_dir', 'busbra': 'busbra_dir'}
+
+
+def _workdir_config(workdir):
   """The --config if given, else the workdir's saved one; data overrides from flags."""
   from unet_flax import checkpointing
-  config = FLAGS.config or checkpointing.load_config(FLAGS.workdir)
+  config = FLAGS.config or checkpointing.load_config(workdir)
   if FLAGS.manual_dir:
+    dataset = FLAGS.dataset or 'busi'
     with config.unlocked():
-      config.data.source = 'busi'
-      config.data.manual_dir = FLAGS.manual_dir
+      if dataset == 'folder':
+        config.data.folder.dir = FLAGS.manual_dir
+      else:
+        config.data[_MANUAL_DIR_FIELD[dataset]] = FLAGS.manual_dir
       config.data.tfds_data_dir = (FLAGS.tfds_data_dir or
-                                   os.path.join(FLAGS.workdir, 'eval', 'tfds'))
+                                   os.path.join(workdir, 'eval', 'tfds'))
   return config
+
+
+def _evaluate():
+  """--mode=evaluate, and with --compare_to the paired comparison on the same images."""
+  from unet_flax import compare, evaluate
+  config = _workdir_config(FLAGS.workdir)
+  summaries = evaluate.evaluate_workdir(FLAGS.workdir, config, FLAGS.split, FLAGS.dataset)
+  if not FLAGS.compare_to:
+    return
+  # The other model reads the very same data (folders, builds, folder dataset's naming), at
+  # its own input size.
+  other = _workdir_config(FLAGS.compare_to)
+  with other.unlocked():
+    image_size = other.data.image_size
+    other.data = config.data.copy_and_resolve_references()
+    other.data.image_size = image_size
+  for dataset in summaries:
+    evaluate.evaluate_workdir(FLAGS.compare_to, other, FLAGS.split, dataset)
+    print(compare.write_comparison(
+        evaluate.split_dir(evaluate.report_dir(FLAGS.workdir, config, dataset), FLAGS.split),
+        evaluate.split_dir(evaluate.report_dir(FLAGS.compare_to, config, dataset),
+                           FLAGS.split), FLAGS.workdir, FLAGS.compare_to))
 
 
 def _parse_flags(argv):
@@ -76,8 +110,7 @@ def main(argv):
     from unet_flax import train
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   elif FLAGS.mode == 'evaluate':
-    from unet_flax import evaluate
-    evaluate.evaluate_workdir(FLAGS.workdir, _workdir_config(), FLAGS.split)
+    _evaluate()
   elif FLAGS.mode == 'predict':
     from unet_flax import checkpointing, predict
     if not FLAGS.input or not FLAGS.output:
@@ -90,7 +123,8 @@ def main(argv):
       sys.exit(1)
   elif FLAGS.mode == 'gradcam':
     from unet_flax import predict
-    predict.gradcam_workdir(FLAGS.workdir, _workdir_config(), FLAGS.split,
+    predict.gradcam_workdir(FLAGS.workdir, _workdir_config(FLAGS.workdir), FLAGS.split,
+                            FLAGS.dataset,
                             FLAGS.output or os.path.join(FLAGS.workdir, 'gradcam'),
                             FLAGS.layers, FLAGS.max_images)
   elif FLAGS.mode == 'benchmark':

@@ -16,10 +16,37 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed = False
 
   config.data = data = ml_collections.ConfigDict()
-  data.source = 'busi'  # 'busi' (TFDS builder over the Kaggle download) or 'synthetic'.
+  # The dataset(s) to train on: 'busi' (the Kaggle download), 'busbra' (BUS-BRA), 'folder'
+  # (your own images and masks, see data.folder) or 'synthetic' (demo). Several joined by '+'
+  # ('busi+busbra') train together, validate on each and report test per dataset.
+  data.source = 'busi'
   # Where the user's Kaggle download lives: the extracted `Dataset_BUSI_with_GT/` folder (or a
   # parent of it), or `archive.zip`. Only read when the TFDS dataset is not built yet.
   data.manual_dir = '../shared/data/busi'
+  # BUS-BRA's release folder (Images/, Masks/, bus_data.csv), from Zenodo record 8231412.
+  data.busbra_dir = '../shared/data/busbra/BUSBRA'
+  # Your own scans: a folder of images and masks paired by name (data/seg_folder/README.md).
+  data.folder = folder = ml_collections.ConfigDict()
+  folder.name = 'my_scans'  # Names the TFDS build and the reports; one name per dataset.
+  folder.dir = ''
+  folder.images_subdir = ''  # '' = `dir` itself.
+  folder.masks_subdir = ''
+  folder.image_prefix = ''
+  folder.image_suffix = ''
+  folder.mask_prefix = ''
+  folder.mask_suffix = '_mask'  # `a.png` pairs with `a_mask.png`.
+  folder.csv = ''  # Optional table with one row per image (relative to `dir`).
+  folder.id_column = ''  # Its column holding the image file name without extension.
+  folder.label_column = ''  # benign / malignant / normal (see label_map).
+  folder.group_column = ''  # Patient: a patient's images stay in one split.
+  folder.split_column = ''  # Your own train / validation / test assignment.
+  folder.label_map = ''  # CSV value -> class, e.g. 'b=benign,m=malignant'.
+  folder.validation_fraction = 0.1
+  folder.test_fraction = 0.2
+  # Sampling weights of the training datasets when several are mixed, e.g. 'busi=1,busbra=1';
+  # '' = in proportion to their sizes. An epoch has as many batches as the datasets have
+  # examples together.
+  data.mix_weights = ''
   data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets).
   data.image_size = 256
   data.include_normal_in_train = True  # Normal scans teach the net to predict "no lesion".

@@ -1,10 +1,12 @@
-"""tf.data from raw BUSI (or synthetic) examples to numpy batches for JAX.
+"""tf.data from raw dataset examples (BUSI, BUS-BRA, a user's folder, synthetic) to numpy
+batches for JAX.
 
 Decoding and resizing happen once and are cached in memory; per-epoch work (shuffle,
 augmentation) runs on top of that cache with seeds derived from (seed, epoch, example index),
-so epoch e sees the same data whether or not training was resumed in between.
+so epoch e sees the same data whether or not training was resumed in between. Several
+datasets train together through `MixedTrainInput`, which samples them with fixed weights.
 """
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 import os
 
 import ml_collections
@@ -16,10 +18,13 @@ tf.config.set_visible_devices([], 'GPU')
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+from data import classes  # pylint: disable=g-import-not-at-top
 from data import synthetic  # pylint: disable=g-import-not-at-top
 
 SPLITS = ('train', 'validation', 'test')
-NORMAL_LABEL = 2
+# Dataset names that `data.source` accepts ('busi+busbra' trains on both). 'folder' is the
+# user's own folder of images and masks, described by `data.folder`.
+SOURCES = ('busi', 'busbra', 'folder', 'synthetic')
 
 
 def _tfds_data_dir(data_config: ml_collections.ConfigDict) -> str:
@@ -59,19 +64,106 @@ def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset
           'download_config': tfds.download.DownloadConfig(manual_dir=manual_dir)})
 
 
+def _folder_config(data_config: ml_collections.ConfigDict, source: str):
+  """(builder config, manual dir) of BUS-BRA or of the user's folder dataset."""
+  from data import seg_folder  # pylint: disable=g-import-not-at-top
+  if source == 'busbra':
+    return seg_folder.BUSBRA, data_config.busbra_dir
+  folder = data_config.folder
+  if not folder.dir:
+    raise FileNotFoundError('data.source names "folder" but no folder is set: '
+                            '--config.data.folder.dir=<your images and masks>.')
+  label_map = tuple(tuple(item.split('=')) for item in folder.label_map.split(',') if item)
+  return seg_folder.FolderConfig(
+      name=folder.name, images_subdir=folder.images_subdir, masks_subdir=folder.masks_subdir,
+      image_prefix=folder.image_prefix, image_suffix=folder.image_suffix,
+      mask_prefix=folder.mask_prefix, mask_suffix=folder.mask_suffix, csv=folder.csv,
+      id_column=folder.id_column, label_column=folder.label_column,
+      group_column=folder.group_column, split_column=folder.split_column,
+      label_map=label_map, validation_fraction=folder.validation_fraction,
+      test_fraction=folder.test_fraction), folder.dir
+
+
+def _load_folder(data_config: ml_collections.ConfigDict, source: str,
+                 split) -> tf.data.Dataset:
+  """The `seg_folder` builder (BUS-BRA or the user's folder); fails fast without data."""
+  from data import seg_folder  # pylint: disable=g-import-not-at-top
+  builder_config, manual_dir = _folder_config(data_config, source)
+  manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
+  builder = seg_folder.Builder(config=builder_config, data_dir=_tfds_data_dir(data_config))
+  if not builder.is_prepared():
+    flag = 'data.busbra_dir' if source == 'busbra' else 'data.folder.dir'
+    try:
+      seg_folder.check(manual_dir, builder_config)
+    except seg_folder.FolderFormatError as e:
+      raise FileNotFoundError(
+          f'{builder_config.name} is not built in the TFDS data dir '
+          f'{_tfds_data_dir(data_config)}, and {manual_dir} cannot build it '
+          f'(set --config.{flag}): {e}') from None
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder.as_dataset(split=split, shuffle_files=False)
+
+
+def sources(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The dataset names of `data.source` ('busi+busbra' -> ('busi', 'busbra'))."""
+  names = tuple(name.strip() for name in data_config.source.split('+'))
+  unknown = [name for name in names if name not in SOURCES]
+  if unknown or len(set(names)) != len(names):
+    raise ValueError(f'config.data.source={data_config.source!r}: expected one or more of '
+                     f'{", ".join(SOURCES)}, joined by "+", each once.')
+  return names
+
+
+def dataset_name(data_config: ml_collections.ConfigDict, source: str) -> str:
+  """What reports call a source: the folder dataset goes by its own name."""
+  return data_config.folder.name if source == 'folder' else source
+
+
 def load_split(data_config: ml_collections.ConfigDict, split_expr: str, *,
-               process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-  """Raw examples of a split expression (e.g. 'train+validation'): this process's share."""
-  if data_config.source == 'busi':
-    split = tfds.even_splits(split_expr, n=process_count)[process_index]
-    return _load_busi(data_config, split)
-  if data_config.source == 'synthetic':
+               source: str | None = None, process_index: int = 0,
+               process_count: int = 1) -> tf.data.Dataset:
+  """Raw examples of a split expression (e.g. 'train+validation'): this process's share.
+
+  `source` picks one dataset of `data.source`; it may be left out when there is only one.
+  """
+  if source is None:
+    names = sources(data_config)
+    if len(names) > 1:
+      raise ValueError(f'config.data.source={data_config.source!r} names several datasets: '
+                       'say which one to load.')
+    source = names[0]
+  if source == 'synthetic':
     parts = [synthetic.as_dataset(name.strip(), data_config) for name in split_expr.split('+')]
     ds = parts[0]
     for part in parts[1:]:
       ds = ds.concatenate(part)
     return ds.shard(process_count, process_index)
-  raise ValueError(f'Unknown data.source {data_config.source!r}.')
+  split = tfds.even_splits(split_expr, n=process_count)[process_index]
+  if source == 'busi':
+    return _load_busi(data_config, split)
+  return _load_folder(data_config, source, split)
+
+
+def mix_weights(data_config: ml_collections.ConfigDict,
+                sizes: Mapping[str, int]) -> dict[str, float]:
+  """Sampling weight of each training dataset, summing to 1.
+
+  `data.mix_weights` ('busi=1,busbra=1') sets them; empty, each dataset counts by its size.
+  """
+  if not data_config.mix_weights:
+    weights = dict(sizes)
+  else:
+    weights = {}
+    for item in data_config.mix_weights.split(','):
+      name, _, value = item.partition('=')
+      weights[name.strip()] = float(value)
+    if set(weights) != set(sizes) or min(weights.values()) <= 0:
+      raise ValueError(f'config.data.mix_weights={data_config.mix_weights!r} must give a '
+                       f'positive weight to each of {", ".join(sizes)} (e.g. '
+                       f'"{"=1,".join(sizes)}=1").')
+  total = sum(weights.values())
+  return {name: weights[name] / total for name in sizes}
 
 
 def count_examples(ds: tf.data.Dataset) -> int:
@@ -173,7 +265,7 @@ class TrainInput:
     self._batch_size = batch_size
     self._seed = seed
     if not data_config.include_normal_in_train:
-      raw_ds = raw_ds.filter(lambda ex: ex['label'] != NORMAL_LABEL)
+      raw_ds = raw_ds.filter(lambda ex: ex['label'] != classes.NORMAL)
     # The index travels with each example so its augmentation does not depend on the order.
     ds = raw_ds.enumerate().map(
         lambda i, ex: (i, _resize(ex, data_config.image_size)),
@@ -182,22 +274,64 @@ class TrainInput:
     self.num_examples = count_examples(self._ds)
     self.steps_per_epoch = self.num_examples // batch_size
 
-  def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
-    """One epoch: `image`, `mask` float32 (B, S, S, 1); incomplete last batch dropped."""
-    epoch_seed = _epoch_seed(self._seed, epoch)
+  def _augmented(self, ds: tf.data.Dataset, seed: tf.Tensor) -> tf.data.Dataset:
+    """(index, example) -> example, augmented with a seed from (`seed`, index)."""
     aug = self._config.augment
-    ds = self._ds.shuffle(self._config.shuffle_buffer, seed=epoch_seed)
+    if not aug.enabled:
+      return ds.map(lambda index, example: example)
 
     @tf.autograph.experimental.do_not_convert  # Plain TF ops; silences AutoGraph warnings.
     def augment(index, example):
-      return _augment(example, tf.stack([tf.constant(epoch_seed, tf.int64), index]), aug)
+      return _augment(example, tf.stack([seed, index]), aug)
 
-    if aug.enabled:
-      ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-      ds = ds.map(lambda index, example: example)
+    return ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch: `image`, `mask` float32 (B, S, S, 1); incomplete last batch dropped."""
+    epoch_seed = _epoch_seed(self._seed, epoch)
+    ds = self._ds.shuffle(self._config.shuffle_buffer, seed=epoch_seed)
+    ds = self._augmented(ds, tf.constant(epoch_seed, tf.int64))
     ds = ds.batch(self._batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return iter(_as_numpy(ds))
+
+  def stream(self, epoch: int) -> tf.data.Dataset:
+    """Endless augmented examples for epoch `epoch` of a mix: pass after pass over the data,
+    each pass shuffled and augmented with its own seeds (from seed, epoch and pass)."""
+    epoch_seed = tf.constant(_epoch_seed(self._seed, epoch), tf.int64)
+
+    def one_pass(number):
+      seed = tf.random.stateless_uniform((), tf.stack([epoch_seed, number]), minval=0,
+                                         maxval=2**62, dtype=tf.int64)
+      return self._augmented(self._ds.shuffle(self._config.shuffle_buffer, seed=seed), seed)
+
+    return tf.data.Dataset.counter().flat_map(one_pass)
+
+
+class MixedTrainInput:
+  """Training batches that draw each example from one of several datasets at fixed weights.
+
+  An epoch is as many batches as the datasets' sizes add up to, whatever the weights; a
+  dataset whose weight exceeds its share of the examples is repeated within the epoch (each
+  pass with new shuffling and augmentation). Epoch e depends only on (seed, e), as with
+  `TrainInput`, so resuming replays the same data.
+  """
+
+  def __init__(self, inputs: Mapping[str, TrainInput], weights: Mapping[str, float], *,
+               batch_size: int, seed: int):
+    self._inputs = dict(inputs)
+    self._weights = [float(weights[name]) for name in self._inputs]
+    self._batch_size = batch_size
+    self._seed = seed
+    self.num_examples = sum(train.num_examples for train in self._inputs.values())
+    self.steps_per_epoch = self.num_examples // batch_size
+
+  def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    """Like `TrainInput.epoch`: `image`, `mask` float32 (B, S, S, 1)."""
+    streams = [train.stream(epoch) for train in self._inputs.values()]
+    ds = tf.data.Dataset.sample_from_datasets(streams, weights=self._weights,
+                                              seed=_epoch_seed(self._seed, epoch))
+    ds = ds.batch(self._batch_size, drop_remainder=True).take(self.steps_per_epoch)
+    return iter(_as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
 
 
 def eval_batches(raw_ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, *,

@@ -227,3 +227,70 @@ def test_busi_build_from_a_zip_path_is_sharded_over_processes(tmp_path):
   assert sum(input_pipeline.count_examples(ds) for ds in splits.values()) == 18
   batch = next(iter(input_pipeline.eval_batches(splits['train'], config, batch_size=2)))
   assert (batch['orig_height'][0], batch['orig_width'][0]) == busi_fixtures.SHAPE
+
+
+def _dark_examples(num):
+  """Normal scans, all black: told apart from `_bright_lesion_examples` by their maximum."""
+  return [{'image': np.zeros((40, 50, 1), np.uint8), 'mask': np.zeros((40, 50, 1), np.uint8),
+           'label': np.int64(2), 'image_id': f'normal ({i})', 'num_masks': np.int32(1),
+           'dup_group': str(i)} for i in range(num)]
+
+
+def _mixed(config, weights, seed=0):
+  inputs = {'dark': input_pipeline.TrainInput(_raw(_dark_examples(40)), config, batch_size=8,
+                                              seed=seed),
+            'bright': input_pipeline.TrainInput(_raw(_bright_lesion_examples(8)), config,
+                                                batch_size=8, seed=seed + 1)}
+  return input_pipeline.MixedTrainInput(inputs, weights, batch_size=8, seed=seed)
+
+
+def test_mixed_epochs_draw_each_dataset_at_its_weight_and_replay_on_resume():
+  config = _config(enabled=False)
+  mixed = _mixed(config, {'dark': 0.25, 'bright': 0.75})
+  assert (mixed.num_examples, mixed.steps_per_epoch) == (48, 6)
+  epochs = [_epoch(mixed, e) for e in range(4)]
+  assert all(len(batches) == 6 for batches in epochs)
+  bright = [np.mean([image.max() > 0.5 for b in batches for image in b['image']])
+            for batches in epochs]
+  # 0.75 of the draws although the bright dataset holds 8 of the 48 examples: it repeats.
+  assert 0.6 < np.mean(bright) < 0.9
+  resumed = _mixed(config, {'dark': 0.25, 'bright': 0.75})
+  for a, b in zip(epochs[2], _epoch(resumed, 2), strict=True):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  assert not all(np.array_equal(a['image'], b['image'])
+                 for a, b in zip(epochs[0], epochs[1]))
+
+
+def test_a_repeated_dataset_is_augmented_anew_on_each_pass():
+  mixed = _mixed(_config(), {'dark': 0.01, 'bright': 0.99})
+  images = np.concatenate([b['image'] for b in _epoch(mixed, 0)])
+  masks = np.concatenate([b['mask'] for b in _epoch(mixed, 0)])
+  bright = masks.reshape(len(masks), -1).any(axis=1)
+  # ~47 draws from 8 examples: with one augmentation per example there would be <= 8 masks.
+  assert len({m.tobytes() for m in masks[bright]}) > 16
+  assert len(images) == 48
+
+
+def test_mix_weights_default_to_dataset_sizes_and_must_name_every_dataset():
+  config = _config()
+  assert input_pipeline.mix_weights(config, {'busi': 30, 'busbra': 90}) == {
+      'busi': 0.25, 'busbra': 0.75}
+  config.mix_weights = 'busi=1,busbra=1'
+  assert input_pipeline.mix_weights(config, {'busi': 30, 'busbra': 90}) == {
+      'busi': 0.5, 'busbra': 0.5}
+  config.mix_weights = 'busi=1'
+  with pytest.raises(ValueError, match='busbra'):
+    input_pipeline.mix_weights(config, {'busi': 30, 'busbra': 90})
+
+
+def test_sources_parse_and_reject_unknown_or_repeated_names():
+  config = _config()
+  config.source = 'busi + busbra'
+  assert input_pipeline.sources(config) == ('busi', 'busbra')
+  for bad in ('busi+kaggle', 'busi+busi'):
+    config.source = bad
+    with pytest.raises(ValueError, match='data.source'):
+      input_pipeline.sources(config)
+  config.source = 'synthetic+busi'
+  with pytest.raises(ValueError, match='several datasets'):
+    input_pipeline.load_split(config, 'train')

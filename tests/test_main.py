@@ -37,11 +37,11 @@ def test_train_writes_config_logs_checkpoints_report_and_figures(trained_workdir
   assert [r['epoch'] for r in rows if 'val_dice' in r] == [1, 2, 3]
   steps = [r['step'] for r in rows]
   assert steps == sorted(steps)
-  for path in ['eval/test/summary.json', 'eval/test/per_image.csv', 'eval/test/predictions.png',
-               'training_curves.png']:
+  for path in ['eval/synthetic/test/summary.json', 'eval/synthetic/test/per_image.csv',
+               'eval/synthetic/test/predictions.png', 'training_curves.png']:
     assert os.path.getsize(os.path.join(trained_workdir, path)) > 0, path
   assert os.listdir(os.path.join(trained_workdir, 'tensorboard'))
-  with open(os.path.join(trained_workdir, 'eval/test/summary.json')) as f:
+  with open(os.path.join(trained_workdir, 'eval/synthetic/test/summary.json')) as f:
     summary = json.load(f)
   assert 'SYNTHETIC DEMO' in summary['protocol'] and 'ORIGINAL resolution' in summary['protocol']
   assert summary['num_images'] == 24
@@ -61,7 +61,7 @@ def test_threshold_chosen_on_validation_travels_with_the_checkpoint(trained_work
   assert [float(t) for t in by_threshold] == list(config.eval.threshold_candidates)
   assert best['threshold'] == config.eval.threshold
   assert by_threshold[str(best['threshold'])] == max(by_threshold.values())
-  with open(os.path.join(trained_workdir, 'eval/test/summary.json')) as f:
+  with open(os.path.join(trained_workdir, 'eval/synthetic/test/summary.json')) as f:
     protocol = json.load(f)['protocol']
   assert f"threshold {best['threshold']}); checkpoint" in protocol
   assert f"threshold {best['threshold']} chosen on validation" in protocol

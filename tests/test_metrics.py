@@ -1,8 +1,9 @@
-"""Dice/IoU and the summary against hand-made masks, including empty ones."""
+"""Dice/IoU, surface distances and the summary against hand-made masks, including empty ones."""
 import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from unet_flax import metrics
 
@@ -70,14 +71,16 @@ def test_threshold_is_chosen_by_all_image_dice_with_ties_to_the_preferred_one():
   lesion[1, 2:6] = 0.55  # A row above the lesion: inside the mask only at thresholds < 0.55.
   normal = np.where(_box((10, 10), 0, 0, 3, 3), 0.75, 0.02)  # A false 9-px lesion.
   images = [('benign (1)', 0, lesion, truth), ('normal (1)', 2, normal, np.zeros((10, 10)))]
-  threshold, by_threshold = metrics.choose_threshold(
-      images, (0.3, 0.5, 0.6, 0.8, 0.9), preferred=0.5, min_lesion_area=5)
+  by_threshold = metrics.all_images_dice_by_threshold(images, (0.3, 0.5, 0.6, 0.8, 0.9),
+                                                      min_lesion_area=5)
+  threshold = metrics.best_threshold(by_threshold, preferred=0.5)
   # 0.3 / 0.5: Dice 2*16/36 on the lesion, normal not empty. 0.6: lesion exact, normal not
   # empty. 0.8 / 0.9: both right (all-image Dice 1); 0.8 is the closer to 0.5.
   assert by_threshold == pytest.approx({0.3: 16 / 36, 0.5: 16 / 36, 0.6: 0.5, 0.8: 1.0, 0.9: 1.0})
   assert threshold == 0.8
   # With a minimum area above the false lesion, 0.6 already scores 1 and is preferred.
-  threshold, _ = metrics.choose_threshold(images, (0.3, 0.5, 0.6, 0.8, 0.9), 0.5, 10)
+  threshold = metrics.best_threshold(
+      metrics.all_images_dice_by_threshold(images, (0.3, 0.5, 0.6, 0.8, 0.9), 10), 0.5)
   assert threshold == 0.6
 
 
@@ -97,3 +100,102 @@ def test_bootstrap_interval_of_the_mean_matches_its_standard_error():
                                for i, m in enumerate([np.ones((2, 2))] * 3)], 1)
   assert summary['lesion']['dice']['ci95'] == pytest.approx([1.0, 1.0])
   assert np.isnan(summary['malignant']['dice']['ci95']).all()
+
+
+def _disc(shape, center, radius):
+  yy, xx = np.mgrid[:shape[0], :shape[1]]
+  return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius ** 2
+
+
+def _full_image_distances(pred, truth):
+  """The definition, without the bounding box or the distance transform: every surface pixel
+  of one mask to the nearest surface pixel of the other, by brute force."""
+  cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+  surfaces = [np.argwhere(m ^ ndimage.binary_erosion(m, cross)) for m in (pred, truth)]
+  d = np.sqrt(((surfaces[0][:, None] - surfaces[1][None]) ** 2).sum(-1))
+  return np.concatenate([d.min(axis=1), d.min(axis=0)])
+
+
+def test_identical_masks_are_at_distance_zero():
+  square = _box((20, 20), 5, 5, 8, 8)
+  score = metrics.score_image('benign (1)', 0, square, square)
+  assert (score.hd95, score.assd, score.sensitivity, score.precision) == (0, 0, 1, 1)
+
+
+def test_square_shifted_by_two_pixels():
+  truth = _box((20, 30), 5, 5, 10, 10)
+  pred = _box((20, 30), 5, 7, 10, 10)  # Shifted right by k = 2.
+  score = metrics.score_image('benign (1)', 0, pred, truth)
+  # Each 36-px outline to the other (same in both directions, by mirror symmetry):
+  # top and bottom rows: 8 px on the other's row (0), 2 px past its corner (1, 2) -> 2 * 3;
+  # the leading side (8 px without corners): k = 2 each -> 16;
+  # the trailing side, 2 px inside the other square: min(2, distance to its top/bottom row),
+  # 1, 2, 2, 2, 2, 2, 2, 1 -> 14. Mean (6 + 16 + 14) / 36 = 1.
+  assert score.assd == pytest.approx(1.0)
+  # Over a quarter of the distances equal the maximum k, so the 95th percentile is k.
+  assert score.hd95 == pytest.approx(2.0)
+  assert _full_image_distances(pred, truth).max() == 2.0
+  assert score.sensitivity == score.precision == pytest.approx(80 / 100)
+
+
+def test_concentric_discs_are_their_radius_difference_apart():
+  truth = _disc((101, 101), (50, 50), 20)
+  pred = _disc((101, 101), (50, 50), 26)
+  score = metrics.score_image('malignant (1)', 1, pred, truth)
+  assert score.hd95 == pytest.approx(6, abs=1)
+  assert score.assd == pytest.approx(6, abs=1)
+  assert score.sensitivity == 1.0 and score.precision == pytest.approx(truth.sum() / pred.sum())
+
+
+def test_empty_prediction_and_normal_images_have_no_distances():
+  missed = metrics.score_image('benign (1)', 0, np.zeros((8, 8)), _box((8, 8), 2, 2, 3, 3))
+  assert math.isnan(missed.hd95) and math.isnan(missed.assd) and math.isnan(missed.precision)
+  assert missed.sensitivity == 0.0
+  normal = metrics.score_image('normal (1)', 2, _box((8, 8), 2, 2, 3, 3), np.zeros((8, 8)))
+  assert all(math.isnan(v) for v in (normal.hd95, normal.assd, normal.sensitivity,
+                                     normal.precision))
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_bounding_box_distances_equal_the_full_image_definition(seed):
+  rng = np.random.default_rng(seed)
+  # Random blobs; the even seeds fill the frame so that masks touch the image border.
+  size = (48, 64) if seed % 2 == 0 else (24, 30)
+  blobs = [ndimage.gaussian_filter(rng.normal(size=size), 3) > 0.05 for _ in range(2)]
+  if seed % 2:
+    blobs = [np.pad(b, ((30, 9), (5, 40))) for b in blobs]
+  pred, truth = blobs
+  assert pred.any() and truth.any()
+  expected = _full_image_distances(pred, truth)
+  np.testing.assert_allclose(np.sort(metrics.surface_distances(pred, truth)), np.sort(expected))
+  score = metrics.score_image('benign (1)', 0, pred, truth)
+  assert score.hd95 == pytest.approx(np.percentile(expected, 95))
+  assert score.assd == pytest.approx(expected.mean())
+
+
+def test_summary_skips_undefined_distances_and_counts_them():
+  truth = _box((20, 20), 5, 5, 10, 10)
+  scores = [
+      metrics.score_image('benign (1)', 0, truth, truth),                           # HD95 0
+      metrics.score_image('benign (2)', 0, _box((20, 20), 5, 7, 10, 10), truth),    # HD95 2
+      metrics.score_image('malignant (1)', 1, np.zeros((20, 20)), truth),           # NaN
+      metrics.score_image('normal (1)', 2, np.zeros((20, 20)), np.zeros((20, 20))),
+  ]
+  summary = metrics.summarize(scores, min_lesion_area=5)
+  assert summary['lesion']['hd95']['mean'] == pytest.approx(1.0)
+  assert summary['lesion']['hd95']['n'] == 2 and summary['lesion']['dice']['n'] == 3
+  assert summary['lesion']['sensitivity']['mean'] == pytest.approx((1 + 0.8 + 0) / 3)
+  assert summary['lesion']['precision']['n'] == 2
+  assert summary['malignant']['hd95']['n'] == 0 and math.isnan(summary['malignant']['hd95']['mean'])
+  assert set(summary['benign']) == {'dice', 'iou', 'hd95', 'assd', 'sensitivity', 'precision'}
+  assert 'unspecified' not in summary
+  assert 'HD95' in metrics.format_table(summary, 'PROTOCOL LINE')
+
+
+def test_unspecified_lesions_get_a_group_when_present():
+  unspecified = metrics.CLASS_NAMES.index('unspecified')
+  truth = _box((10, 10), 2, 2, 4, 4)
+  summary = metrics.summarize([metrics.score_image('x (1)', unspecified, truth, truth)], 5)
+  assert summary['unspecified']['dice'] == {'mean': 1.0, 'std': 0.0, 'n': 1, 'ci95': [1.0, 1.0]}
+  assert summary['lesion']['dice']['n'] == 1 and summary['benign']['dice']['n'] == 0
+  assert 'unspecified' in metrics.format_table(summary, 'PROTOCOL LINE')

@@ -58,7 +58,7 @@ def test_synthetic_config_trains_and_evaluates_on_four_devices(tmp_path):
     rows = [json.loads(line) for line in f]
   assert [r['step'] for r in rows if 'train_loss' in r] == [1, 2]  # 16 images / batch 8.
   assert 'val_dice' in rows[-1]
-  with open(tmp_path / 'eval' / 'test' / 'summary.json') as f:
+  with open(tmp_path / 'eval' / 'synthetic' / 'test' / 'summary.json') as f:
     assert json.load(f)['num_images'] == 6  # The short last batch was padded, then cut.
 
 

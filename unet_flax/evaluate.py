@@ -70,22 +70,37 @@ class Predictor:
         samples.append((image, truth, pred, score))
     return scores, metrics_lib.summarize(scores, eval_config.min_lesion_area), samples
 
-  def choose_threshold(self, variables, batches, eval_config):
-    """(threshold, {candidate: all-image Dice}) on `batches`, see `metrics.choose_threshold`."""
-    images = [(image_id, label, probability, truth) for image_id, label, probability, truth, _
-              in self.probability_maps(variables, batches, 'choosing the threshold')]
-    return metrics_lib.choose_threshold(images, eval_config.threshold_candidates,
-                                        eval_config.threshold, eval_config.min_lesion_area)
+  def choose_threshold(self, variables, batches_by_dataset: dict, eval_config):
+    """(threshold, {candidate: all-image Dice}) on the validation batches of each dataset.
+
+    With several datasets a candidate's score is the mean of their all-image Dice, the same
+    combination that chose the checkpoint (`train.validate`).
+    """
+    by_dataset = []
+    for name, batches in batches_by_dataset.items():
+      images = [(image_id, label, probability, truth)
+                for image_id, label, probability, truth, _
+                in self.probability_maps(variables, batches, f'choosing the threshold, {name}')]
+      by_dataset.append(metrics_lib.all_images_dice_by_threshold(
+          images, eval_config.threshold_candidates, eval_config.min_lesion_area))
+    mean = {t: float(np.mean([d[t] for d in by_dataset])) for t in by_dataset[0]}
+    return metrics_lib.best_threshold(mean, eval_config.threshold), mean
 
 
-def protocol(config, split: str, summary: dict, checkpoint_note: str) -> str:
+_DESCRIPTIONS = {'busi': 'BUSI (duplicate-group-aware split)',
+                 'busbra': 'BUS-BRA (patient-grouped split)',
+                 'synthetic': 'SYNTHETIC DEMO data'}
+
+
+def protocol(config, source: str, split: str, summary: dict, checkpoint_note: str) -> str:
   """The sentence that must stand next to every number."""
-  source = ('SYNTHETIC DEMO data' if config.data.source == 'synthetic'
-            else 'BUSI (duplicate-group-aware split)')
-  return (f"{source}, split '{split}', {summary['num_images']} images; Dice/IoU per lesion "
-          f'image at the ORIGINAL resolution (logits upsampled from '
-          f'{config.data.image_size}x{config.data.image_size}, threshold '
-          f'{config.eval.threshold}); checkpoint: {checkpoint_note}.')
+  from data import input_pipeline  # data/ owns TensorFlow.
+  name = input_pipeline.dataset_name(config.data, source)
+  dataset = _DESCRIPTIONS.get(source, f'{name} (folder dataset, group-aware split)')
+  return (f"{dataset}, split '{split}', {summary['num_images']} images; model trained on "
+          f"{config.data.source}; Dice/IoU/HD95 per lesion image at the ORIGINAL resolution "
+          f'(logits upsampled from {config.data.image_size}x{config.data.image_size}, '
+          f'threshold {config.eval.threshold}); checkpoint: {checkpoint_note}.')
 
 
 def best_note(best: dict) -> str:
@@ -102,12 +117,18 @@ def best_note(best: dict) -> str:
   return note
 
 
+def split_dir(folder: str, split: str) -> str:
+  """The folder of one split's report; split expressions become file-system safe."""
+  return os.path.join(folder,
+                      split.replace('[', '_').replace(']', '').replace(':', '-'))
+
+
 def write_report(scores, summary: dict, samples, protocol_text: str, out_dir: str,
                  split: str) -> None:
   """summary.json, per_image.csv and predictions.png under `out_dir/<split>/` (process 0)."""
   if jax.process_index() != 0:
     return
-  out_dir = os.path.join(out_dir, split.replace('[', '_').replace(']', '').replace(':', '-'))
+  out_dir = split_dir(out_dir, split)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
     json.dump({'protocol': protocol_text, 'split': split, **summary}, f, indent=2)
@@ -123,25 +144,37 @@ def write_report(scores, summary: dict, samples, protocol_text: str, out_dir: st
                             title=protocol_text)
 
 
-def evaluate_and_report(predictor, variables, config, raw_split, split: str, out_dir: str,
-                        checkpoint_note: str) -> dict:
+def report_dir(workdir: str, config, source: str) -> str:
+  """`<workdir>/eval/<dataset>`: reports of each dataset apart (then `/<split>/`)."""
+  from data import input_pipeline  # data/ owns TensorFlow.
+  return os.path.join(workdir, 'eval', input_pipeline.dataset_name(config.data, source))
+
+
+def evaluate_and_report(predictor, variables, config, source: str, raw_split, split: str,
+                        workdir: str, checkpoint_note: str) -> dict:
+  """Scores one dataset's split; prints the table; writes the report under `report_dir`."""
   from data import input_pipeline  # data/ owns TensorFlow.
   batches = input_pipeline.eval_batches(raw_split, config.data,
                                         batch_size=config.eval.batch_size)
-  scores, summary, samples = predictor.evaluate(variables, batches, config.eval, desc=split)
-  protocol_text = protocol(config, split, summary, checkpoint_note)
+  scores, summary, samples = predictor.evaluate(variables, batches, config.eval,
+                                                desc=f'{source} {split}')
+  protocol_text = protocol(config, source, split, summary, checkpoint_note)
   print(metrics_lib.format_table(summary, protocol_text))
-  write_report(scores, summary, samples, protocol_text, out_dir, split)
+  write_report(scores, summary, samples, protocol_text, report_dir(workdir, config, source),
+               split)
   return summary
 
 
-def evaluate_workdir(workdir: str, config, split: str) -> dict:
-  """--mode=evaluate: the workdir's best checkpoint on any split expression of any build."""
+def evaluate_workdir(workdir: str, config, split: str, dataset: str | None = None) -> dict:
+  """--mode=evaluate: the workdir's best checkpoint on a split expression of `dataset` (any
+  name `data.source` accepts), or of each dataset it was trained on. {dataset: summary}."""
   from data import input_pipeline  # data/ owns TensorFlow.
   config, model, variables, best = checkpointing.load_inference(workdir, config)
-  raw_split = input_pipeline.load_split(config.data, split)
   predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size,
                         config.eval.flip_tta)
-  return evaluate_and_report(
-      predictor, variables, config, raw_split, split, os.path.join(workdir, 'eval'),
-      checkpoint_note=f'best of {workdir}, {best_note(best)}')
+  return {
+      source: evaluate_and_report(
+          predictor, variables, config, source,
+          input_pipeline.load_split(config.data, split, source=source), split, workdir,
+          checkpoint_note=f'best of {workdir}, {best_note(best)}')
+      for source in ([dataset] if dataset else input_pipeline.sources(config.data))}

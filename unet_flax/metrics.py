@@ -6,9 +6,15 @@ numbers do not depend on the network's working resolution.
 import dataclasses
 
 import numpy as np
+from scipy import ndimage
 
-CLASS_NAMES = ('benign', 'malignant', 'normal')
-NORMAL = 2
+from data.classes import CLASS_NAMES, NORMAL
+
+# Lesion classes in label order: every class but normal.
+LESION_CLASSES = tuple(name for c, name in enumerate(CLASS_NAMES) if c != NORMAL)
+# Surface pixels: mask pixels with a 4-neighbour outside the mask (erosion by the 3x3 cross,
+# as MedPy does), which gives a thin 8-connected contour.
+_CROSS = ndimage.generate_binary_structure(2, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,13 +25,42 @@ class ImageScore:
   iou: float
   gt_area: int
   pred_area: int
+  hd95: float  # Pixels; NaN for normal images and when the prediction or truth is empty.
+  assd: float  # Pixels; NaN as hd95.
+  sensitivity: float  # NaN for normal images and for an empty truth under a non-empty prediction.
+  precision: float  # NaN for normal images and for an empty prediction.
 
 
-def score_image(image_id: str, label: int, pred: np.ndarray, truth: np.ndarray) -> ImageScore:
-  """Dice and IoU of one binary prediction against its ground truth.
+def surface_distances(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """Distances (pixels) from every surface pixel of each boolean mask to the other's surface.
 
-  Both empty counts as a perfect match (1.0), the convention that keeps an empty ground truth
-  from dividing by zero; a normal image gets NaN since its quality is judged by emptiness.
+  Both directed sets, concatenated; both masks must be non-empty. Computed on the bounding box
+  of pred | truth padded by 1 px, which is exact (every surface pixel and all its neighbours
+  lie inside it, and the Euclidean distance needs nothing outside) and much cheaper than the
+  whole image for a lesion of a tenth of it.
+  """
+  rows = np.flatnonzero((pred | truth).any(axis=1))
+  cols = np.flatnonzero((pred | truth).any(axis=0))
+  box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+  pred, truth = pred[box], truth[box]
+  pred_surface = pred ^ ndimage.binary_erosion(pred, _CROSS)
+  truth_surface = truth ^ ndimage.binary_erosion(truth, _CROSS)
+  return np.concatenate([ndimage.distance_transform_edt(~truth_surface)[pred_surface],
+                         ndimage.distance_transform_edt(~pred_surface)[truth_surface]])
+
+
+def score_image(image_id: str, label: int, pred: np.ndarray, truth: np.ndarray,
+                distances: bool = True) -> ImageScore:
+  """Overlap and boundary metrics of one binary prediction against its ground truth.
+
+  Both empty counts as a perfect Dice/IoU/sensitivity (1.0), the convention that keeps an empty
+  ground truth from dividing by zero; a normal image gets NaN since its quality is judged by
+  emptiness. HD95 is the 95th percentile of the union of both directed surface-distance sets
+  (MedPy `hd95`; MONAI's `percentile=95` instead takes the larger of the two directed 95th
+  percentiles), ASSD the mean over that same union (MONAI `symmetric=True`; MedPy's `assd`
+  averages the two directed means). Both are NaN when either mask is empty: no surface to
+  measure from, and the miss already shows as Dice 0. `distances=False` leaves them NaN, for
+  searches that only need the overlap.
   """
   pred = pred.astype(bool)
   truth = truth.astype(bool)
@@ -34,20 +69,25 @@ def score_image(image_id: str, label: int, pred: np.ndarray, truth: np.ndarray) 
   inter = int(np.logical_and(pred, truth).sum())
   pred_area, gt_area = int(pred.sum()), int(truth.sum())
   union = pred_area + gt_area - inter
-  if label == NORMAL:
-    dice = iou = float('nan')
-  elif union == 0:
-    dice = iou = 1.0
-  else:
-    dice = 2.0 * inter / (pred_area + gt_area)
-    iou = inter / union
-  return ImageScore(image_id, int(label), dice, iou, gt_area, pred_area)
+  nan = float('nan')
+  dice = iou = hd95 = assd = sensitivity = precision = nan
+  if label != NORMAL:
+    dice = 2.0 * inter / (pred_area + gt_area) if union else 1.0
+    iou = inter / union if union else 1.0
+    sensitivity = inter / gt_area if gt_area else (nan if pred_area else 1.0)
+    precision = inter / pred_area if pred_area else nan
+    if distances and pred_area and gt_area:
+      surface = surface_distances(pred, truth)
+      hd95, assd = float(np.percentile(surface, 95)), float(surface.mean())
+  return ImageScore(image_id, int(label), dice, iou, gt_area, pred_area, hd95, assd,
+                    sensitivity, precision)
 
 
 BOOTSTRAP_RESAMPLES = 2000
+GROUP_METRICS = ('dice', 'iou', 'hd95', 'assd', 'sensitivity', 'precision')
 
 
-def bootstrap_ci95(values) -> list[float]:
+def bootstrap_ci95(values, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> list[float]:
   """95 % percentile-bootstrap interval of the mean of per-image `values` (fixed seed).
 
   Why: on ~100 test lesions with a Dice spread of ~0.3, a mean moves by several hundredths
@@ -56,13 +96,15 @@ def bootstrap_ci95(values) -> list[float]:
   values = np.asarray(values, dtype=np.float64)
   if values.size == 0:
     return [float('nan'), float('nan')]
-  rng = np.random.default_rng(0)
-  means = values[rng.integers(0, values.size, (BOOTSTRAP_RESAMPLES, values.size))].mean(axis=1)
+  rng = np.random.default_rng(seed)
+  means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
   return [float(q) for q in np.percentile(means, [2.5, 97.5])]
 
 
 def _mean_std(values) -> dict:
+  """Mean, std, count and interval over the finite `values` (NaN marks 'undefined here')."""
   values = np.asarray(values, dtype=np.float64)
+  values = values[np.isfinite(values)]
   if values.size == 0:
     return {'mean': float('nan'), 'std': float('nan'), 'n': 0, 'ci95': bootstrap_ci95(values)}
   return {'mean': float(values.mean()), 'std': float(values.std()), 'n': int(values.size),
@@ -70,19 +112,23 @@ def _mean_std(values) -> dict:
 
 
 def summarize(scores: list[ImageScore], min_lesion_area: int) -> dict:
-  """Per-class mean +- std Dice/IoU (with a bootstrap 95 % interval of the mean), pooled Dice,
-  the normal-image empty rate, and the all-image Dice that chooses checkpoints.
+  """Per-class mean +- std of each metric (with a bootstrap 95 % interval of the mean), pooled
+  Dice, the normal-image empty rate, and the all-image Dice that chooses checkpoints.
 
-  `lesion` pools benign and malignant images (per-image mean); `pooled_dice` is
-  2*sum|P&G| / (sum|P| + sum|G|) over all lesion images, which weights big lesions more.
+  `lesion` pools every non-normal image (per-image mean); benign and malignant always get a
+  group, other lesion classes only when present. A metric's `n` counts the images where it is
+  defined (HD95 skips empty predictions). `pooled_dice` is 2*sum|P&G| / (sum|P| + sum|G|) over
+  all lesion images, which weights big lesions more.
   """
   lesion = [s for s in scores if s.label != NORMAL]
   normal = [s for s in scores if s.label == NORMAL]
   summary = {'num_images': len(scores)}
-  for name, group in [('lesion', lesion)] + [
-      (CLASS_NAMES[c], [s for s in lesion if s.label == c]) for c in range(NORMAL)]:
-    summary[name] = {'dice': _mean_std([s.dice for s in group]),
-                     'iou': _mean_std([s.iou for s in group])}
+  groups = [('lesion', lesion)] + [
+      (CLASS_NAMES[c], [s for s in lesion if s.label == c]) for c in range(len(CLASS_NAMES))
+      if c != NORMAL and (c < NORMAL or any(s.label == c for s in lesion))]
+  for name, group in groups:
+    summary[name] = {metric: _mean_std([getattr(s, metric) for s in group])
+                     for metric in GROUP_METRICS}
   # Pooled Dice from areas: |P&G| = (|P| + |G|) * dice / 2 per image.
   inter = sum(s.dice * (s.pred_area + s.gt_area) / 2 for s in lesion)
   total = sum(s.pred_area + s.gt_area for s in lesion)
@@ -96,34 +142,39 @@ def summarize(scores: list[ImageScore], min_lesion_area: int) -> dict:
   return summary
 
 
-def choose_threshold(images, candidates, preferred: float, min_lesion_area: int):
-  """The probability threshold with the highest all-image Dice over `images`.
+def all_images_dice_by_threshold(images, candidates, min_lesion_area: int) -> dict:
+  """{threshold: all-image Dice over `images`} for each candidate probability threshold.
 
-  `images` holds (image_id, label, probability map, truth) at the original size; ties go to
-  the candidate closest to `preferred`. Returns (threshold, {threshold: all-image Dice}).
-  Meant for the validation split: the gate's product P(pixel | lesion) x P(lesion) puts a
-  false lesion on a normal scan at about the presence probability, so a threshold above it
-  clears the scan, at the price of shrinking the lesion masks.
+  `images` holds (image_id, label, probability map, truth) at the original size. Meant for
+  the validation split: the gate's product P(pixel | lesion) x P(lesion) puts a false lesion on
+  a normal scan at about the presence probability, so a threshold above it clears the scan, at
+  the price of shrinking the lesion masks.
   """
   dice_by_threshold = {}
   for threshold in candidates:
-    scores = [score_image(image_id, label, probability > threshold, truth)
+    scores = [score_image(image_id, label, probability > threshold, truth, distances=False)
               for image_id, label, probability, truth in images]
     dice_by_threshold[float(threshold)] = summarize(scores, min_lesion_area)['all_images_dice']
-  best = max(dice_by_threshold,
-             key=lambda t: (dice_by_threshold[t], -abs(t - preferred)))
-  return best, dice_by_threshold
+  return dice_by_threshold
+
+
+def best_threshold(dice_by_threshold: dict, preferred: float) -> float:
+  """The candidate with the highest score; ties go to the one closest to `preferred`."""
+  return max(dice_by_threshold, key=lambda t: (dice_by_threshold[t], -abs(t - preferred)))
 
 
 def format_table(summary: dict, protocol: str) -> str:
   """A plain-text table of a summary, with the protocol stated above the numbers."""
-  lines = [protocol, f"{'group':<10} {'n':>4} {'Dice mean+-std':>16} {'IoU mean+-std':>16} "
-                    f"{'Dice mean 95% CI':>17}"]
-  for name in ('lesion',) + CLASS_NAMES[:NORMAL]:
-    d, i = summary[name]['dice'], summary[name]['iou']
-    lines.append(f"{name:<10} {d['n']:>4} {d['mean']:>8.3f}+-{d['std']:.3f}"
+  lines = [protocol, f"{'group':<11} {'n':>4} {'Dice mean+-std':>16} {'IoU mean+-std':>16} "
+                    f"{'Dice mean 95% CI':>17} {'HD95 px (n)':>14}"]
+  for name in ('lesion',) + LESION_CLASSES:
+    if name not in summary:
+      continue
+    d, i, h = summary[name]['dice'], summary[name]['iou'], summary[name]['hd95']
+    lines.append(f"{name:<11} {d['n']:>4} {d['mean']:>8.3f}+-{d['std']:.3f}"
                  f"{i['mean']:>10.3f}+-{i['std']:.3f}"
-                 f"{d['ci95'][0]:>11.3f}-{d['ci95'][1]:.3f}")
+                 f"{d['ci95'][0]:>11.3f}-{d['ci95'][1]:.3f}"
+                 f"{h['mean']:>9.1f} ({h['n']})")
   lines.append(f"pooled Dice (lesion images): {summary['pooled_dice']:.3f}")
   n = summary['normal']
   lines.append(f"normal images predicted empty (< {n['min_lesion_area']} px): "

@@ -204,10 +204,76 @@ def _check_steps_per_epoch(steps_per_epoch: int, num_examples: int, batch_size: 
         f'size of at most {num_examples}.')
 
 
+def _training_data(config, input_pipeline, local_batch: int):
+  """(train input, {dataset: validation batches}, {dataset: raw test split}).
+
+  Each process trains on its share of 'train' but evaluates the whole validation and test
+  splits, so all compute the same metrics and take the same (collective) checkpoint steps.
+  Several datasets (`data.source='busi+busbra'`) are mixed at `data.mix_weights`.
+  """
+  names = input_pipeline.sources(config.data)
+  train_inputs, validation, test = {}, {}, {}
+  for offset, name in enumerate(names):
+    train_split = input_pipeline.load_split(config.data, 'train', source=name,
+                                            process_index=jax.process_index(),
+                                            process_count=jax.process_count())
+    train_inputs[name] = input_pipeline.TrainInput(train_split, config.data,
+                                                   batch_size=local_batch,
+                                                   seed=config.seed + offset)
+    validation[name] = input_pipeline.eval_batches(
+        input_pipeline.load_split(config.data, 'validation', source=name), config.data,
+        batch_size=config.eval.batch_size)
+    test[name] = input_pipeline.load_split(config.data, 'test', source=name)
+  if len(names) == 1:
+    return train_inputs[names[0]], validation, test
+  weights = input_pipeline.mix_weights(
+      config.data, {name: train.num_examples for name, train in train_inputs.items()})
+  logging.info('Training on %s', ', '.join(
+      f'{name} ({train_inputs[name].num_examples} examples, weight {weights[name]:.3f})'
+      for name in names))
+  return input_pipeline.MixedTrainInput(train_inputs, weights, batch_size=local_batch,
+                                        seed=config.seed), validation, test
+
+
+def validate(predictor, variables, validation_batches: dict, eval_config) -> dict:
+  """Validation scalars; `val_all_images_dice` is what chooses the checkpoint.
+
+  With several datasets every one is scored on its own (`val_<dataset>_...`), and the
+  criterion is the mean of their all-image Dice, so each dataset counts equally whatever its
+  size, and a dataset with normal scans keeps its say on empty predictions.
+  """
+  per_dataset = {}
+  for name, batches in validation_batches.items():
+    summary = predictor.evaluate(variables, batches, eval_config,
+                                 desc=f'validation {name}')[1]
+    per_dataset[name] = {'dice': summary['lesion']['dice']['mean'],
+                         'iou': summary['lesion']['iou']['mean'],
+                         'normal_empty_rate': summary['normal']['empty_rate'],
+                         'all_images_dice': summary['all_images_dice']}
+  scalars = {f'val_{key}': float(np.nanmean([d[key] for d in per_dataset.values()]))
+             if any(np.isfinite(d[key]) for d in per_dataset.values()) else float('nan')
+             for key in ('dice', 'iou', 'normal_empty_rate', 'all_images_dice')}
+  if len(per_dataset) > 1:
+    scalars.update({f'val_{name}_{key}': value for name, d in per_dataset.items()
+                    for key, value in d.items()})
+  return scalars
+
+
+def _validation_line(epoch: int, scalars: dict, best: dict) -> str:
+  line = (f'epoch {epoch}: loss {scalars["epoch_loss"]:.4f}, validation lesion Dice '
+          f'{scalars["val_dice"]:.4f}, normal empty rate {scalars["val_normal_empty_rate"]:.3f}, '
+          f'all-image Dice {scalars["val_all_images_dice"]:.4f}')
+  per_dataset = [f'{key[4:-16]} {value:.4f}' for key, value in scalars.items()
+                 if key.endswith('_all_images_dice') and key != 'val_all_images_dice']
+  if per_dataset:
+    line += f' ({", ".join(per_dataset)})'
+  return line + f' (best {best["val_all_images_dice"]:.4f} at epoch {best["epoch"]})'
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, keeps the best checkpoint by validation all-image Dice, evaluates it on test once.
 
-  Returns the test summary (see `metrics.summarize`).
+  Returns {dataset: test summary} (see `metrics.summarize`).
   """
   from data import input_pipeline  # data/ owns TensorFlow; imported only where needed.
 
@@ -216,18 +282,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     checkpointing.save_config(config, workdir)
   local_batch = config.train.batch_size // jax.process_count()
-  # Each process trains on its share of 'train' but evaluates the whole validation and test
-  # splits, so all compute the same metrics and take the same (collective) checkpoint steps.
-  train_split = input_pipeline.load_split(config.data, 'train',
-                                          process_index=jax.process_index(),
-                                          process_count=jax.process_count())
-  validation_split = input_pipeline.load_split(config.data, 'validation')
-  test_split = input_pipeline.load_split(config.data, 'test')
+  train_input, validation_batches, test_splits = _training_data(config, input_pipeline,
+                                                                local_batch)
   if config.data.source == 'synthetic':
     logging.warning('DEMO RUN on synthetic ultrasound-like images: the numbers say nothing '
                     'about BUSI.')
-  train_input = input_pipeline.TrainInput(train_split, config.data, batch_size=local_batch,
-                                          seed=config.seed)
   # Processes may hold a batch more or less of the split; all must take the same steps.
   steps_per_epoch = int(multihost_utils.process_allgather(
       np.int32(train_input.steps_per_epoch)).min())
@@ -253,8 +312,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_epoch = start_step // steps_per_epoch
   best = checkpoints.best_meta() or {}
 
-  validation_batches = input_pipeline.eval_batches(validation_split, config.data,
-                                                   batch_size=config.eval.batch_size)
   p_train_step = compile_train_step(config, mesh)
   predictor = evaluate.Predictor(model, mesh, config.eval.batch_size, config.eval.flip_tta)
   log = MetricsLog(workdir, start_step)
@@ -286,20 +343,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     scalars = {'epoch': epoch + 1, 'epoch_loss': float(np.mean(running or np.nan)),
                'skipped_steps': skipped, 'epoch_seconds': time.time() - epoch_start}
     if (epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch:
-      summary = predictor.evaluate(inference_variables(state), validation_batches,
-                                   config.eval, desc='validation')[1]
-      score = summary['all_images_dice']
-      scalars.update(val_dice=summary['lesion']['dice']['mean'],
-                     val_iou=summary['lesion']['iou']['mean'],
-                     val_normal_empty_rate=summary['normal']['empty_rate'],
-                     val_all_images_dice=score)
+      scalars.update(validate(predictor, inference_variables(state), validation_batches,
+                              config.eval))
+      score = scalars['val_all_images_dice']
       if score > best.get('val_all_images_dice', -1.0):
         best = {'val_all_images_dice': score, 'epoch': epoch + 1, 'step': step}
         checkpoints.save_best(step, inference_variables(state), best)
-      progress.write(f'epoch {epoch + 1}: loss {scalars["epoch_loss"]:.4f}, validation lesion '
-                     f'Dice {scalars["val_dice"]:.4f}, normal empty rate '
-                     f'{scalars["val_normal_empty_rate"]:.3f}, all-image Dice {score:.4f} '
-                     f'(best {best["val_all_images_dice"]:.4f} at epoch {best["epoch"]})')
+      progress.write(_validation_line(epoch + 1, scalars, best))
     log.write(step, **scalars)
     if (epoch + 1) % config.train.checkpoint_every_epochs == 0 or last_epoch:
       checkpoints.save_latest(step, state, {'epoch': epoch + 1})
@@ -316,9 +366,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoints.save_best(best['step'], variables, best)
   checkpoints.close()
   logging.info('Evaluating the best checkpoint (%s) on test.', evaluate.best_note(best))
-  test_summary = evaluate.evaluate_and_report(
-      predictor, variables, checkpointing.with_chosen_threshold(config, best), test_split,
-      'test', os.path.join(workdir, 'eval'), checkpoint_note=evaluate.best_note(best))
+  config = checkpointing.with_chosen_threshold(config, best)
+  test_summaries = {
+      name: evaluate.evaluate_and_report(predictor, variables, config, name, split, 'test',
+                                         workdir, checkpoint_note=evaluate.best_note(best))
+      for name, split in test_splits.items()}
   if jax.process_index() == 0:
     visualize.training_curves(log.path, os.path.join(workdir, 'training_curves.png'))
-  return test_summary
+  return test_summaries

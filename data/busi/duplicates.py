@@ -14,7 +14,7 @@ detail 0.44 / layout 0.79.
 import collections
 import dataclasses
 import hashlib
-from typing import Mapping
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -91,23 +91,26 @@ def group(fingerprints: Mapping[str, Fingerprint]) -> dict[str, str]:
   return {image_id: ids[find(i)] for i, image_id in enumerate(ids)}
 
 
-def _split_key(group_id: str) -> str:
-  return hashlib.sha256(f'{_SPLIT_SALT}:{group_id}'.encode()).hexdigest()
+def _split_key(group_id: str, salt: str = _SPLIT_SALT) -> str:
+  return hashlib.sha256(f'{salt}:{group_id}'.encode()).hexdigest()
 
 
-def assign_splits(labels: Mapping[str, str], groups: Mapping[str, str]) -> dict[str, str]:
+def assign_splits(labels: Mapping[str, str], groups: Mapping[str, str],
+                  fractions: Optional[Sequence[tuple[str, float]]] = None,
+                  salt: str = _SPLIT_SALT) -> dict[str, str]:
   """Returns {image_id: split name}, stratified by class, whole groups on one side.
 
   A group counts for its majority class (ties: the alphabetically first class). Within a class
   the groups are ordered by a hash of their id (not by listing order or a random state, so the
   same files give the same splits on any machine) and laid end to end over [0, 1); a group goes
-  to the split its midpoint falls in (fractions: `split_fractions` of the class). This hits the
-  fractions up to one group per boundary.
+  to the split its midpoint falls in. This hits the fractions up to one group per boundary.
   A split left empty (tiny datasets only) gets one group from the largest split.
 
   Args:
     labels: {image_id: class name}.
     groups: {image_id: group id}, as returned by `group`.
+    fractions: ((split name, fraction), ...) for every class; None: BUSI's `split_fractions`.
+    salt: mixed into the hash, so another dataset's splits do not follow BUSI's.
   """
   members = collections.defaultdict(list)
   for image_id in sorted(labels):
@@ -119,31 +122,32 @@ def assign_splits(labels: Mapping[str, str], groups: Mapping[str, str]) -> dict[
     strata[label].append(group_id)
   group_splits = {}
   for label, group_ids in strata.items():
-    fractions = split_fractions(label)
     total = sum(len(members[g]) for g in group_ids)
     start = 0
-    for group_id in sorted(group_ids, key=_split_key):
+    for group_id in sorted(group_ids, key=lambda g: _split_key(g, salt)):
       size = len(members[group_id])
-      group_splits[group_id] = _split_at((start + size / 2) / total, fractions)
+      group_splits[group_id] = _split_at((start + size / 2) / total,
+                                         fractions or split_fractions(label))
       start += size
-  _fill_empty_splits(group_splits, members)
+  _fill_empty_splits(group_splits, members, [name for name, _ in fractions or SPLITS], salt)
   return {i: group_splits[g] for g, ids in members.items() for i in ids}
 
 
-def _fill_empty_splits(group_splits: dict[str, str], members: Mapping[str, list[str]]):
+def _fill_empty_splits(group_splits: dict[str, str], members: Mapping[str, list[str]],
+                       names: Sequence[str], salt: str):
   """Moves one group into each empty split, as TFDS cannot write an empty split.
 
   Only tiny datasets (tests, subsets) need this: the split with the most groups gives its
   smallest group (ties: by split key).
   """
-  for name, _ in SPLITS:
+  for name in names:
     by_split = collections.defaultdict(list)
     for group_id, split in group_splits.items():
       by_split[split].append(group_id)
-    donor = max((s for s, _ in SPLITS), key=lambda s: len(by_split[s]))
+    donor = max(names, key=lambda s: len(by_split[s]))
     if by_split[name] or len(by_split[donor]) < 2:
       continue
-    moved = min(by_split[donor], key=lambda g: (len(members[g]), _split_key(g)))
+    moved = min(by_split[donor], key=lambda g: (len(members[g]), _split_key(g, salt)))
     group_splits[moved] = name
 
 

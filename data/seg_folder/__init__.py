@@ -1,0 +1,3 @@
+"""Any folder of images + lesion masks (BUS-BRA predefined); importing registers `seg_folder`."""
+from .folder_files import FolderFormatError, check
+from .seg_folder_dataset_builder import BUSBRA, Builder, FolderConfig

@@ -1,0 +1,362 @@
+"""Reads a folder of images and lesion masks, named in any consistent way, into checked pairs.
+
+Pairing rule: an image file's *key* is its stem without `image_prefix` / `image_suffix`, a mask
+file's key is its stem without `mask_prefix` / `mask_suffix`, and an image and a mask pair when
+their keys are equal (extensions may differ). A file of the masks folder is a mask iff its stem
+starts with `mask_prefix` and ends with `mask_suffix`; that is how masks are told apart from
+images sharing their folder. Only .png .jpg .jpeg .bmp .tif .tiff files count (any case);
+other files, hidden files and subfolders (e.g. `__MACOSX`) are ignored. An optional CSV adds a
+label, a group (patient) and a split per image, keyed by the image file's stem.
+
+Everything wrong is collected first and raised as one `FolderFormatError`, so a user fixes a
+broken copy in one go and nothing is dropped silently. `config` is any object with the fields
+of `seg_folder_dataset_builder.FolderConfig`: this module does not need TFDS.
+"""
+import collections
+import csv
+import dataclasses
+import os
+import pathlib
+from typing import Iterable, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from data import classes
+from unet_flax import imaging
+
+EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
+SPLITS = ('train', 'validation', 'test')
+# Non-binary masks are thresholded at half the range; more than this fraction of pixels in the
+# middle half of the range means the file is a picture, not a mask saved lossily.
+_MAX_MIDTONE_FRACTION = 0.01
+
+PathLike = Union[str, os.PathLike]
+
+
+class FolderFormatError(ValueError):
+  """The folder, its CSV or the config is wrong; same format as BUSI's `BusiFormatError`.
+
+  `problems` holds (path, what is wrong) for every bad file, and the message lists them all.
+  """
+
+  def __init__(self, summary: str, problems: Iterable[tuple[str, str]] = ()):
+    self.problems = sorted(set(problems))
+    super().__init__('\n'.join([summary] + [f'  {path}: {what}' for path, what in self.problems]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One image and its mask, not yet decoded."""
+  image_id: str  # The image file's stem, e.g. 'bus_0001-l'.
+  image: pathlib.Path
+  mask: pathlib.Path
+  label: str  # A class name; '' until `read_all` has seen the mask (no label column).
+  group: str  # Images of one group stay in one split; without a group column, image_id.
+  split: str  # From the split column, or '' (the builder assigns one).
+
+
+def _folders(manual_dir: PathLike, config) -> tuple[pathlib.Path, pathlib.Path, bool]:
+  """(images folder, masks folder, whether they are the same folder)."""
+  root = pathlib.Path(manual_dir)
+  images_dir, masks_dir = root / config.images_subdir, root / config.masks_subdir
+  return images_dir, masks_dir, images_dir.resolve() == masks_dir.resolve()
+
+
+def check(manual_dir: PathLike, config) -> None:
+  """Raises FolderFormatError for a bad config or a missing manual dir / images / masks folder.
+
+  Cheap (no file is read), so callers can fail before any TFDS work.
+  """
+  problems = []
+  images_dir, masks_dir, shared = _folders(manual_dir, config)
+  if shared and not (config.mask_prefix or config.mask_suffix):
+    problems.append(('mask_prefix, mask_suffix', 'both empty while images and masks share a '
+                     'folder, so masks cannot be told from images; set one'))
+  if config.csv and not config.id_column:
+    problems.append(('id_column', f'empty, but a CSV ({config.csv}) is given'))
+  for field in ('id_column', 'label_column', 'group_column', 'split_column'):
+    if getattr(config, field) and not config.csv:
+      problems.append((field, 'set, but no CSV is given (field csv)'))
+  for value, name in config.label_map:
+    if name not in classes.CLASS_NAMES:
+      problems.append(('label_map', f'{value!r} maps to {name!r}, not one of '
+                       f'{", ".join(classes.CLASS_NAMES)}'))
+  v, t = config.validation_fraction, config.test_fraction
+  if not (v > 0 and t > 0 and v + t < 1):
+    problems.append(('validation_fraction, test_fraction',
+                     f'{v} and {t}; need both > 0 with a sum < 1'))
+  if problems:
+    raise FolderFormatError(f'Bad seg_folder config {config.name!r}:', problems)
+  root = pathlib.Path(manual_dir)
+  if not root.is_dir():
+    raise FolderFormatError(
+        f'The manual dir {root} does not exist; set it (DownloadConfig(manual_dir=...) or '
+        f'--manual_dir) to the folder holding the images of {config.name!r}.')
+  for folder, field in ((images_dir, 'images_subdir'), (masks_dir, 'masks_subdir')):
+    if not folder.is_dir():
+      subdir = getattr(config, field)
+      nested = [str(d) for d in sorted(root.iterdir()) if subdir and (d / subdir).is_dir()]
+      hint = f' A copy is in {nested[0]}: use that as the manual dir.' if nested else ''
+      raise FolderFormatError(
+          f'The {field.split("_")[0]} folder {folder} does not exist: it is the manual dir + '
+          f'config field {field} ({subdir!r}); fix either.{hint}')
+
+
+def _listing(folder: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(p for p in folder.iterdir()
+                if p.suffix.lower() in EXTENSIONS and not p.name.startswith('.') and p.is_file())
+
+
+def _key(stem: str, prefix: str, suffix: str):
+  """The stem without prefix and suffix, or None if it lacks them."""
+  if stem.startswith(prefix) and stem.endswith(suffix) and len(stem) >= len(prefix + suffix):
+    return stem[len(prefix):len(stem) - len(suffix)]
+  return None
+
+
+def _pair(manual_dir: PathLike, config):
+  """Returns ({key: image path}, {key: mask path}, problems); clashing keys are left out."""
+  images_dir, masks_dir, shared = _folders(manual_dir, config)
+  mask_pattern = f'{config.mask_prefix}*{config.mask_suffix}'
+  image_pattern = f'{config.image_prefix}*{config.image_suffix}'
+  found = {'image': collections.defaultdict(list), 'mask': collections.defaultdict(list)}
+  problems = []
+  for path in _listing(masks_dir):
+    key = _key(path.stem, config.mask_prefix, config.mask_suffix)
+    if key is not None:
+      found['mask'][key].append(path)
+    elif not shared:
+      problems.append((str(path), f'not named like a mask ({mask_pattern})'))
+  for path in _listing(images_dir):
+    if shared and _key(path.stem, config.mask_prefix, config.mask_suffix) is not None:
+      continue
+    key = _key(path.stem, config.image_prefix, config.image_suffix)
+    if key is None:
+      also = f' or a mask ({mask_pattern})' if shared else ''
+      problems.append((str(path), f'not named like an image ({image_pattern}){also}'))
+    else:
+      found['image'][key].append(path)
+  unique = {}
+  for kind, by_key in found.items():
+    unique[kind] = {}
+    for key, paths in by_key.items():
+      if len(paths) > 1:
+        problems += [(str(p), f'{len(paths)} {kind}s with key {key!r}: '
+                      f'{", ".join(q.name for q in paths)}; keep one') for p in paths]
+      else:
+        unique[kind][key] = paths[0]
+  images, masks = unique['image'], unique['mask']
+  for key in sorted(set(images) - set(found['mask'])):
+    problems.append((str(images[key]), f'image without a mask (expected '
+                     f'{masks_dir / (config.mask_prefix + key + config.mask_suffix)}.*)'))
+  for key in sorted(set(masks) - set(found['image'])):
+    problems.append((str(masks[key]), f'mask without an image (expected '
+                     f'{images_dir / (config.image_prefix + key + config.image_suffix)}.*)'))
+  return images, masks, problems
+
+
+def _read_csv(manual_dir: PathLike, config):
+  """Returns ({id: (line number, row)} or None if unusable, csv path, problems)."""
+  path = pathlib.Path(manual_dir) / config.csv
+  columns = [getattr(config, f) for f in ('id_column', 'label_column', 'group_column',
+                                           'split_column') if getattr(config, f)]
+  rows, problems = {}, []  # Duplicate rows are problems; the first row counts.
+  try:
+    with open(path, newline='', encoding='utf-8-sig') as f:
+      reader = csv.DictReader(f)
+      reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+      missing = [c for c in columns if c not in reader.fieldnames]
+      if missing:
+        return None, path, [(str(path), f'no column {", ".join(map(repr, missing))}; its columns: '
+                           f'{", ".join(reader.fieldnames) or "none"}')]
+      for row in reader:
+        row = {k: (v or '').strip() for k, v in row.items() if k is not None}
+        image_id = row[config.id_column]
+        if image_id in rows:
+          problems.append((str(path), f'line {reader.line_num}: a second row for {image_id!r} '
+                           f'(first on line {rows[image_id][0]})'))
+        else:
+          rows[image_id] = (reader.line_num, row)
+  except FileNotFoundError:
+    return None, path, [(str(path), f'CSV file not found (config field csv = {config.csv!r})')]
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    return None, path, [(str(path), f'unreadable CSV ({type(e).__name__}: {e})')]
+  return rows, path, problems
+
+
+def _annotate(path: pathlib.Path, line: int, row: dict, config):
+  """(label, group, split, problems) of one image from its CSV row."""
+  problems = []
+  where = f'(CSV line {line}, column'
+  label = group = split = ''
+  if config.label_column:
+    mapping = ({k.strip().lower(): v for k, v in config.label_map}
+               or {name: name for name in classes.CLASS_NAMES})
+    value = row[config.label_column]
+    label = mapping.get(value.lower(), '')
+    if not label:
+      problems.append((str(path), f'unknown label {value!r} {where} {config.label_column!r}); '
+                       f'accepted: {", ".join(sorted(mapping))}'))
+  if config.group_column:
+    group = row[config.group_column]
+    if not group:
+      problems.append((str(path), f'empty group {where} {config.group_column!r})'))
+  if config.split_column:
+    split = row[config.split_column].lower()
+    if split not in SPLITS:
+      problems.append((str(path), f'bad split {row[config.split_column]!r} {where} '
+                       f'{config.split_column!r}); accepted: {", ".join(SPLITS)}'))
+  return label, group, split, problems
+
+
+def _scan(manual_dir: PathLike, config):
+  """Returns (records, [(reader, path)] of the files no record holds, problems)."""
+  check(manual_dir, config)
+  images, masks, problems = _pair(manual_dir, config)
+  if config.csv:
+    images_dir = _folders(manual_dir, config)[0]
+    rows, csv_path, csv_problems = _read_csv(manual_dir, config)
+    problems += csv_problems
+    stems = {p.stem for p in _listing(images_dir)}
+    for image_id, (line, _) in (rows or {}).items():
+      if image_id not in stems:
+        problems.append((str(csv_path), f'line {line}: no image file for {image_id!r} (column '
+                         f'{config.id_column!r}) in {images_dir}'))
+  records = []
+  for key in sorted(set(images) & set(masks), key=lambda k: images[k].stem):
+    image_id = images[key].stem
+    label = group = split = ''
+    if config.csv:
+      if rows is None:  # Reported once above, not for every image.
+        continue
+      if image_id not in rows:
+        problems.append((str(images[key]), f'no row in {csv_path.name} (column '
+                         f'{config.id_column!r})'))
+        continue
+      label, group, split, row_problems = _annotate(images[key], *rows[image_id], config)
+      if row_problems:
+        problems += row_problems
+        continue
+    records.append(Record(image_id, images[key], masks[key], label, group or image_id, split))
+  held = {r.image for r in records} | {r.mask for r in records}
+  others = ([(read_image, p) for p in images.values() if p not in held]
+            + [(read_mask, p) for p in masks.values() if p not in held])
+  return records, others, problems
+
+
+def scan(manual_dir: PathLike, config) -> list[Record]:
+  """Pairs the files and reads the CSV without decoding any image; sorted by image_id.
+
+  Raises:
+    FolderFormatError: listing every naming, pairing and CSV problem.
+  """
+  records, _, problems = _scan(manual_dir, config)
+  if problems:
+    raise FolderFormatError(f'The {config.name!r} folder {manual_dir} is malformed:', problems)
+  return records
+
+
+def _unreadable(path: pathlib.Path, error: Exception) -> FolderFormatError:
+  cause = error.__cause__ or error
+  return FolderFormatError('', [(str(path), f'unreadable or corrupt image '
+                                             f'({type(cause).__name__}: {cause})')])
+
+
+def read_image(path: pathlib.Path) -> np.ndarray:
+  """(H, W) uint8 gray, as the model sees any scan (`imaging.read_grayscale`)."""
+  try:
+    return imaging.read_grayscale(str(path))
+  except imaging.ImageReadError as e:
+    raise _unreadable(path, e) from e
+
+
+def read_mask(path: pathlib.Path) -> np.ndarray:
+  """(H, W) bool, True on the lesion.
+
+  Lesion = any non-zero gray or colour channel; with an alpha channel that varies, alpha alone
+  (the lesion painted on a transparent layer). Masks with more than two values (saved as JPEG)
+  are thresholded at half the range, unless too many mid-range pixels show it is a picture.
+  """
+  try:
+    with Image.open(path) as mask:
+      mask.load()
+      mask = ImageOps.exif_transpose(mask)  # As `read_grayscale` does for the image.
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    raise _unreadable(path, e) from e
+  if mask.mode == 'F':
+    raise FolderFormatError('', [(str(path), 'floating-point mask; save it as 8-bit or 1-bit')])
+  if mask.mode not in ('1', 'L', 'LA', 'RGB', 'RGBA') and not mask.mode.startswith('I'):
+    mask = mask.convert('RGBA')  # Palette, CMYK, ...
+  values = np.asarray(mask)
+  if mask.mode in ('LA', 'RGBA'):
+    alpha = values[..., -1]
+    values = alpha if alpha.min() != alpha.max() else values[..., :-1]
+  if values.ndim == 3:
+    values = values.max(axis=-1)
+  full = 1 if values.dtype == bool else 255 if values.dtype == np.uint8 else 65535
+  if values.size and (values.min() < 0 or values.max() > full):
+    raise FolderFormatError('', [(str(path), f'mask values outside [0, {full}]')])
+  distinct = np.unique(values)
+  if len(distinct) == 1 or (len(distinct) == 2 and distinct[0] == 0):
+    return values > 0
+  midtones = np.count_nonzero((values > full * 0.25) & (values < full * 0.75))
+  if midtones > _MAX_MIDTONE_FRACTION * values.size:
+    raise FolderFormatError('', [(str(path), f'not a binary mask ({len(distinct)} distinct '
+                                             'values; is this an image?)')])
+  return values > full // 2
+
+
+def decode(record: Record) -> tuple[np.ndarray, np.ndarray]:
+  """The (H, W, 1) uint8 image and (H, W, 1) uint8 {0, 1} mask.
+
+  Raises:
+    FolderFormatError: listing the unreadable files of the record, or the size mismatch.
+  """
+  problems = []
+  arrays = []
+  for reader, path in ((read_image, record.image), (read_mask, record.mask)):
+    try:
+      arrays.append(reader(path))
+    except FolderFormatError as e:
+      problems += e.problems
+  if not problems and arrays[0].shape != arrays[1].shape:
+    (h, w), (mh, mw) = arrays[0].shape, arrays[1].shape
+    problems.append((str(record.mask), f'mask is {mw}x{mh} (WxH) but its image '
+                     f'{record.image.name} is {w}x{h}'))
+  if problems:
+    raise FolderFormatError(f'Cannot decode {record.image_id}:', problems)
+  return arrays[0][..., None], arrays[1][..., None].astype(np.uint8)
+
+
+def read_all(manual_dir: PathLike, config) -> list[Record]:
+  """Decodes every file once; returns `scan`'s records with every label set.
+
+  Without a label column an image is 'normal' if its mask is empty, else 'unspecified'.
+
+  Raises:
+    FolderFormatError: after looking at every file, listing all problems.
+  """
+  records, others, problems = _scan(manual_dir, config)
+  for reader, path in others:  # Unpaired or unlabelled files: report their corruption too.
+    try:
+      reader(path)
+    except FolderFormatError as e:
+      problems += e.problems
+  labelled = []
+  for record in records:
+    try:
+      _, mask = decode(record)
+    except FolderFormatError as e:
+      problems += e.problems
+      continue
+    normal = classes.CLASS_NAMES[classes.NORMAL]
+    label = record.label or ('unspecified' if mask.any() else normal)
+    if label == normal and mask.any():
+      problems.append((str(record.mask), 'labelled normal, but the mask marks a lesion'))
+    labelled.append(dataclasses.replace(record, label=label))
+  if problems:
+    raise FolderFormatError(
+        f'The {config.name!r} folder {manual_dir} has {len(set(problems))} problem(s); fix '
+        'them all, then build again:', problems)
+  return labelled
