@@ -3,14 +3,15 @@
 # settings, back to back on this machine. Prints one JSON line for each.
 #   benchmarks/compare_torch.sh [configs/cpu.py] [extra --config.* overrides...]
 # Needs a separate torch venv (never install torch into the project's venv):
-#   python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch==2.13.0 numpy
+#   python3 -m venv ~/torchvenv && ~/torchvenv/bin/pip install torch==2.13.0 numpy
+# TORCH_REF is the PyTorch reference U-Net script (same layers, Dice + BCE, Adam) to time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/cpu.py}
 shift || true
 PYTHON=${PYTHON:-python}
-TORCH_PYTHON=${TORCH_PYTHON:-/work/torchvenv/bin/python}
-TORCH_REF=${TORCH_REF:-/work/shared/tools/torch_unet_reference.py}
+TORCH_PYTHON=${TORCH_PYTHON:-$HOME/torchvenv/bin/python}
+TORCH_REF=${TORCH_REF:?set TORCH_REF to the PyTorch reference script}
 THREADS=${THREADS:-$(nproc)}
 
 read -r SIZE BATCH FEATURES DEPTH < <(PYTHONPATH=. "$PYTHON" -c "
@@ -25,7 +26,7 @@ if [[ -x "$TORCH_PYTHON" && -f "$TORCH_REF" ]]; then
   TORCH_JSON=$("$TORCH_PYTHON" "$TORCH_REF" --image_size "$SIZE" --batch_size "$BATCH" \
     --base_features "$FEATURES" --depth "$DEPTH" --threads "$THREADS" --steps 10 | tail -n 1)
 else
-  TORCH_JSON='{"error": "no torch venv; python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch==2.13.0 numpy"}'
+  TORCH_JSON='{"error": "no torch venv; python3 -m venv ~/torchvenv && ~/torchvenv/bin/pip install torch==2.13.0 numpy"}'
 fi
 echo "jax:   $JAX_JSON"
 echo "torch: $TORCH_JSON"

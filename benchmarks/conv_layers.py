@@ -5,7 +5,7 @@ is decided layer by layer, by the convolution kernels each framework calls. Run 
 both interpreters on a quiet machine and compare the tables:
 
   PYTHONPATH=. python benchmarks/conv_layers.py --config=configs/cpu.py
-  /work/torchvenv/bin/python benchmarks/conv_layers.py --framework=torch --image_size=192 \
+  ~/torchvenv/bin/python benchmarks/conv_layers.py --framework=torch --image_size=192 \
       --batch_size=16 --base_features=16 --depth=4
 
 Prints, per layer, forward and forward+backward (input and kernel gradients) milliseconds,

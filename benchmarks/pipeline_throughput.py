@@ -34,7 +34,8 @@ def main():
   parser.add_argument('--batch_size', type=int, default=16)
   parser.add_argument('--epochs', type=int, default=3, help='Timed epochs after the first.')
   parser.add_argument('--num_synthetic', type=int, default=256)
-  parser.add_argument('--tfds_data_dir', default='/work/tfds_data')
+  parser.add_argument('--tfds_data_dir', default='',
+                      help='Where BUSI is built; empty: the TFDS default.')
   args = parser.parse_args()
 
   data_config = default.get_config().data
@@ -49,7 +50,7 @@ def main():
 
   data_config.source = 'busi'
   data_config.tfds_data_dir = args.tfds_data_dir
-  if os.path.isdir(os.path.join(args.tfds_data_dir, 'busi')):
+  if input_pipeline.is_built(data_config):
     raw = input_pipeline.load_split(data_config, 'train')
     result['busi'] = measure(raw, data_config, batch_size=args.batch_size, epochs=args.epochs)
   else:

@@ -22,9 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.source = 'busi'
   # Where the user's Kaggle download lives: the extracted `Dataset_BUSI_with_GT/` folder (or a
   # parent of it), or `archive.zip`. Only read when the TFDS dataset is not built yet.
-  data.manual_dir = '../shared/data/busi'
+  data.manual_dir = '~/busi'
   # BUS-BRA's release folder (Images/, Masks/, bus_data.csv), from Zenodo record 8231412.
-  data.busbra_dir = '../shared/data/busbra/BUSBRA'
+  data.busbra_dir = '~/busbra/BUSBRA'
   # Your own scans: a folder of images and masks paired by name (data/seg_folder/README.md).
   data.folder = folder = ml_collections.ConfigDict()
   folder.name = 'my_scans'  # Names the TFDS build and the reports; one name per dataset.

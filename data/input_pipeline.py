@@ -19,6 +19,7 @@ tf.config.set_visible_devices([], 'GPU')
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from data import classes  # pylint: disable=g-import-not-at-top
+from data import provenance  # pylint: disable=g-import-not-at-top
 from data import synthetic  # pylint: disable=g-import-not-at-top
 
 SPLITS = ('train', 'validation', 'test')
@@ -58,10 +59,19 @@ def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset
           f'BUSI is not built in the TFDS data dir {data_dir} (config.data.tfds_data_dir), '
           'and the manual dir cannot build it (set --config.data.manual_dir to the '
           f'download, archive.zip or the extracted folder): {e}') from None
-  return tfds.load(
-      'busi', split=split, data_dir=data_dir, shuffle_files=False,
-      download_and_prepare_kwargs={
-          'download_config': tfds.download.DownloadConfig(manual_dir=manual_dir)})
+  return _prepare(tfds.builder('busi', data_dir=data_dir), manual_dir, '',
+                  'config.data.manual_dir').as_dataset(split=split, shuffle_files=False)
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, manual_dir: str, reading: str, flag: str):
+  """Builds `builder` from `manual_dir` once; refuses a build made from other files."""
+  if builder.is_prepared():
+    provenance.check(builder.data_dir, manual_dir, reading, flag)
+    return builder
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  provenance.record(builder.data_dir, manual_dir, reading)
+  return builder
 
 
 def _folder_config(data_config: ml_collections.ConfigDict, source: str):
@@ -91,18 +101,17 @@ def _load_folder(data_config: ml_collections.ConfigDict, source: str,
   builder_config, manual_dir = _folder_config(data_config, source)
   manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
   builder = seg_folder.Builder(config=builder_config, data_dir=_tfds_data_dir(data_config))
+  flag = 'config.data.busbra_dir' if source == 'busbra' else 'config.data.folder.dir'
   if not builder.is_prepared():
-    flag = 'data.busbra_dir' if source == 'busbra' else 'data.folder.dir'
     try:
       seg_folder.check(manual_dir, builder_config)
     except seg_folder.FolderFormatError as e:
       raise FileNotFoundError(
           f'{builder_config.name} is not built in the TFDS data dir '
           f'{_tfds_data_dir(data_config)}, and {manual_dir} cannot build it '
-          f'(set --config.{flag}): {e}') from None
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  return builder.as_dataset(split=split, shuffle_files=False)
+          f'(set --{flag}): {e}') from None
+  return _prepare(builder, manual_dir, repr(builder_config), flag).as_dataset(
+      split=split, shuffle_files=False)
 
 
 def sources(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:

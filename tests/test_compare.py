@@ -1,5 +1,4 @@
 """Paired model comparison on synthetic score lists and a per_image.csv round trip."""
-import csv
 import dataclasses
 import math
 
@@ -74,18 +73,6 @@ def test_normal_empty_rate_is_paired_over_normal_images():
   assert 0.0 <= result['ci95'][0] <= 0.25 <= result['ci95'][1] <= 1.0
 
 
-def _write_per_image_csv(scores, path):
-  """As evaluate.write_report does."""
-  with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=[field.name for field in
-                                           dataclasses.fields(metrics.ImageScore)])
-    writer.writeheader()
-    for score in scores:
-      row = dataclasses.asdict(score)
-      row['label'] = metrics.CLASS_NAMES[score.label]
-      writer.writerow(row)
-
-
 def _masks_scored(seed):
   rng = np.random.default_rng(seed)
   truth = np.zeros((40, 40), bool)
@@ -103,8 +90,8 @@ def _masks_scored(seed):
 def test_per_image_csv_round_trip_keeps_nans(tmp_path):
   scores = _masks_scored(0)
   assert any(math.isnan(s.hd95) for s in scores if s.label != metrics.NORMAL)
-  _write_per_image_csv(scores, tmp_path / 'per_image.csv')
-  read = compare.read_per_image_csv(tmp_path / 'per_image.csv')
+  metrics.write_per_image_csv(scores, tmp_path / 'per_image.csv')
+  read = metrics.read_per_image_csv(tmp_path / 'per_image.csv')
   # NaN != NaN, so compare the rows as text.
   assert [repr(s) for s in read] == [repr(s) for s in scores]
 
@@ -112,7 +99,7 @@ def test_per_image_csv_round_trip_keeps_nans(tmp_path):
 def test_compare_reports_and_its_text(tmp_path):
   for name, seed in (('a', 0), ('b', 1)):
     (tmp_path / name).mkdir()
-    _write_per_image_csv(_masks_scored(seed), tmp_path / name / 'per_image.csv')
+    metrics.write_per_image_csv(_masks_scored(seed), tmp_path / name / 'per_image.csv')
   result = compare.compare_reports(tmp_path / 'a', tmp_path / 'b', min_lesion_area=64)
   assert result['dice']['n'] == 9 and result['normal_empty']['n'] == 3
   assert result['hd95']['n'] == 8  # Image 5 (malignant) has an empty prediction.
@@ -124,7 +111,7 @@ def test_compare_reports_and_its_text(tmp_path):
 
 def test_compare_reports_without_normal_images(tmp_path):
   (tmp_path / 'a').mkdir()
-  _write_per_image_csv(_scores([0.6, 0.7]), tmp_path / 'a' / 'per_image.csv')
+  metrics.write_per_image_csv(_scores([0.6, 0.7]), tmp_path / 'a' / 'per_image.csv')
   result = compare.compare_reports(tmp_path / 'a', tmp_path / 'a')
   assert result['normal_empty'] is None
   assert 'Normal scans: none' in compare.format_comparison(result, 'A', 'B')

@@ -4,7 +4,6 @@ Two models' means on ~100 test lesions each carry a bootstrap interval of severa
 yet most of that spread is which images are hard, shared by both models. Bootstrapping the
 per-image difference (resampling images) removes it, so a small but consistent gain shows.
 """
-import csv
 import dataclasses
 import json
 import os
@@ -75,34 +74,11 @@ def paired_empty_rate(scores_a, scores_b, min_lesion_area: int, seed: int = 0,
           'min_lesion_area': int(min_lesion_area)}
 
 
-def read_per_image_csv(path: str) -> list[metrics.ImageScore]:
-  """The ImageScores of a `per_image.csv` written by `evaluate.write_report`.
-
-  Float columns missing from reports written before they existed read as NaN, so old and new
-  reports still compare on the metrics they share.
-  """
-  with open(path, newline='') as f:
-    rows = list(csv.DictReader(f))
-  fields = dataclasses.fields(metrics.ImageScore)
-  scores = []
-  for row in rows:
-    values = {}
-    for field in fields:
-      if field.name == 'label':
-        values['label'] = metrics.CLASS_NAMES.index(row['label'])
-      elif field.type is float:
-        values[field.name] = float(row.get(field.name, 'nan'))
-      else:
-        values[field.name] = field.type(row[field.name])
-    scores.append(metrics.ImageScore(**values))
-  return scores
-
-
 def compare_reports(dir_a: str, dir_b: str, min_lesion_area: int = 64) -> dict:
   """Paired Dice, IoU, HD95 and normal-scan empty rate of two report folders
   (each holding the `per_image.csv` of the same split)."""
-  a = read_per_image_csv(os.path.join(dir_a, 'per_image.csv'))
-  b = read_per_image_csv(os.path.join(dir_b, 'per_image.csv'))
+  a = metrics.read_per_image_csv(os.path.join(dir_a, 'per_image.csv'))
+  b = metrics.read_per_image_csv(os.path.join(dir_b, 'per_image.csv'))
   result = {metric: paired_difference(a, b, metric) for metric in ('dice', 'iou', 'hd95')}
   normal = paired_empty_rate(a, b, min_lesion_area)
   result['normal_empty'] = normal if normal['n'] else None

@@ -3,8 +3,6 @@
 The network sees a resized image; its logits are upsampled (bilinear) back to each image's
 original size and thresholded there, because that is the mask a clinician would look at.
 """
-import csv
-import dataclasses
 import functools
 import json
 import os
@@ -132,14 +130,7 @@ def write_report(scores, summary: dict, samples, protocol_text: str, out_dir: st
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
     json.dump({'protocol': protocol_text, 'split': split, **summary}, f, indent=2)
-  with open(os.path.join(out_dir, 'per_image.csv'), 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=[field.name for field in
-                                           dataclasses.fields(metrics_lib.ImageScore)])
-    writer.writeheader()
-    for score in scores:
-      row = dataclasses.asdict(score)
-      row['label'] = metrics_lib.CLASS_NAMES[score.label]
-      writer.writerow(row)
+  metrics_lib.write_per_image_csv(scores, os.path.join(out_dir, 'per_image.csv'))
   visualize.prediction_grid(samples, os.path.join(out_dir, 'predictions.png'),
                             title=protocol_text)
 

@@ -3,6 +3,7 @@
 Everything here works on binary numpy masks of one image at its original size, so the
 numbers do not depend on the network's working resolution.
 """
+import csv
 import dataclasses
 
 import numpy as np
@@ -161,6 +162,39 @@ def all_images_dice_by_threshold(images, candidates, min_lesion_area: int) -> di
 def best_threshold(dice_by_threshold: dict, preferred: float) -> float:
   """The candidate with the highest score; ties go to the one closest to `preferred`."""
   return max(dice_by_threshold, key=lambda t: (dice_by_threshold[t], -abs(t - preferred)))
+
+
+def write_per_image_csv(scores: list[ImageScore], path: str) -> None:
+  """One row per image: the ImageScore fields, the label as its class name."""
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=[field.name for field in
+                                           dataclasses.fields(ImageScore)])
+    writer.writeheader()
+    for score in scores:
+      writer.writerow({**dataclasses.asdict(score), 'label': CLASS_NAMES[score.label]})
+
+
+def read_per_image_csv(path: str) -> list[ImageScore]:
+  """The ImageScores of a `per_image.csv` written by `write_per_image_csv`.
+
+  Float columns missing from reports written before they existed read as NaN, so old and new
+  reports still compare on the metrics they share.
+  """
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  fields = dataclasses.fields(ImageScore)
+  scores = []
+  for row in rows:
+    values = {}
+    for field in fields:
+      if field.name == 'label':
+        values['label'] = CLASS_NAMES.index(row['label'])
+      elif field.type is float:
+        values[field.name] = float(row.get(field.name, 'nan'))
+      else:
+        values[field.name] = field.type(row[field.name])
+    scores.append(ImageScore(**values))
+  return scores
 
 
 def format_table(summary: dict, protocol: str) -> str:

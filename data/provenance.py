@@ -1,0 +1,64 @@
+"""Ties a TFDS build to the files it was built from.
+
+TFDS reuses a build whenever one exists, so pointing `manual_dir` at another copy of a dataset
+(or another folder of scans under the same name) would silently train and report on the old
+one. Each build records a fingerprint of its source (file names and sizes below the manual dir,
+plus how they were read); a later run whose source differs stops with a message that says
+what to do.
+"""
+import hashlib
+import json
+import os
+
+FILE = 'source_fingerprint.json'
+
+
+class StaleBuildError(RuntimeError):
+  """The TFDS build was made from other files than the configured manual dir holds."""
+
+
+def fingerprint(manual_dir: str, reading: str) -> dict:
+  """Names and sizes of every file below `manual_dir` (or the file itself), and `reading`
+  (e.g. the folder builder's pairing options), hashed."""
+  digest = hashlib.sha256(reading.encode())
+  count = 0
+  if os.path.isfile(manual_dir):
+    entries = [(os.path.basename(manual_dir), os.path.getsize(manual_dir))]
+  else:
+    entries = []
+    for parent, dirnames, filenames in os.walk(manual_dir):
+      dirnames.sort()
+      entries += [(os.path.relpath(os.path.join(parent, name), manual_dir),
+                   os.path.getsize(os.path.join(parent, name))) for name in sorted(filenames)]
+  for name, size in entries:
+    digest.update(f'{name}\0{size}\n'.encode())
+    count += 1
+  return {'manual_dir': manual_dir, 'files': count, 'sha256': digest.hexdigest()}
+
+
+def check(build_dir: str, manual_dir: str, reading: str, flag: str) -> None:
+  """Raises StaleBuildError if the build in `build_dir` came from other files than
+  `manual_dir` holds now. A build without a record, or a manual dir that is gone (the user
+  keeps only the build), passes."""
+  path = os.path.join(build_dir, FILE)
+  if not os.path.exists(path) or not os.path.exists(manual_dir):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = fingerprint(manual_dir, reading)
+  if current['sha256'] != saved['sha256']:
+    raise StaleBuildError(
+        f'The dataset build {build_dir} was made from {saved["manual_dir"]} '
+        f'({saved["files"]} files), but {flag} now points at {manual_dir} '
+        f'({current["files"]} files) and the files or their reading options differ. Give this '
+        'copy its own --config.data.tfds_data_dir, or delete the build to rebuild it.')
+
+
+def record(build_dir: str, manual_dir: str, reading: str) -> None:
+  """Writes the fingerprint of a fresh build (atomically: processes may race)."""
+  if not os.path.exists(manual_dir):
+    return
+  path = os.path.join(build_dir, FILE)
+  with open(path + f'.tmp{os.getpid()}', 'w') as f:
+    json.dump(fingerprint(manual_dir, reading), f, indent=2)
+  os.replace(path + f'.tmp{os.getpid()}', path)
