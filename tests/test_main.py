@@ -73,12 +73,18 @@ def test_evaluate_mode_needs_no_config_and_writes_per_image_rows(trained_workdir
   assert 'ORIGINAL resolution' in result.stdout
   threshold = checkpointing.load_inference(trained_workdir)[3]['threshold']
   assert f'threshold {threshold}); checkpoint' in result.stdout
-  with open(os.path.join(trained_workdir, 'eval/validation+test/per_image.csv')) as f:
+  with open(os.path.join(trained_workdir, 'eval/synthetic/validation+test/per_image.csv')) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 16 + 24
-  assert set(rows[0]) == {'image_id', 'label', 'dice', 'iou', 'gt_area', 'pred_area'}
-  lesion_dice = [float(r['dice']) for r in rows if r['label'] != 'normal']
-  assert np.all((np.array(lesion_dice) >= 0) & (np.array(lesion_dice) <= 1))
+  assert set(rows[0]) == {'image_id', 'label', 'dice', 'iou', 'gt_area', 'pred_area', 'hd95',
+                          'assd', 'sensitivity', 'precision'}
+  lesion = [r for r in rows if r['label'] != 'normal']
+  for name in ('dice', 'sensitivity'):
+    values = np.array([float(r[name]) for r in lesion])
+    assert np.all((values >= 0) & (values <= 1)), name
+  # Distances exist wherever something was predicted on a lesion, and are not negative.
+  hd95 = np.array([float(r['hd95']) for r in lesion if int(r['pred_area'])])
+  assert np.all(hd95 >= 0)
 
 
 def test_rerun_of_a_finished_run_resumes_instead_of_retraining(trained_workdir):
