@@ -9,10 +9,14 @@
 Any config field can be overridden, e.g. `--config.train.num_epochs=5`. Modes that read a
 workdir take its saved config.json unless --config is given.
 """
+import logging as std_logging
 import os
 import sys
 
-from absl import app
+# TensorFlow's C++ start-up notices (oneDNN, CPU features) say nothing a user can act on.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -96,7 +100,20 @@ def _parse_flags(argv):
              f'{e.args[0] if e.args else e}\nEvery field is listed in configs/default.py.')
 
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+class _ProjectInfoOnly(std_logging.Filter):
+  """At the default verbosity, INFO lines come from this project only: orbax alone logs
+  hundreds per checkpoint. `--verbosity=1` shows every library's."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or record.pathname.startswith(ROOT)
+
+
 def main(argv):
+  if FLAGS.verbosity < 1:
+    logging.get_absl_handler().addFilter(_ProjectInfoOnly())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.mode != 'benchmark' and not FLAGS.workdir:
