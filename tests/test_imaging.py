@@ -3,6 +3,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from data import scan_files
 from unet_flax import imaging
 
 GRAY = np.array([[0, 64, 128], [192, 255, 7]], np.uint8)
@@ -16,7 +17,7 @@ def _saved(tmp_path, image: Image.Image, name: str) -> str:
 
 def test_gray_png_is_read_unchanged(tmp_path):
   path = _saved(tmp_path, Image.fromarray(GRAY), 'gray.png')
-  np.testing.assert_array_equal(imaging.read_grayscale(path), GRAY)
+  np.testing.assert_array_equal(scan_files.read_grayscale(path), GRAY)
 
 
 def test_colour_becomes_luminance_and_alpha_is_ignored(tmp_path):
@@ -28,7 +29,7 @@ def test_colour_becomes_luminance_and_alpha_is_ignored(tmp_path):
   rgba = np.concatenate([rgb, np.full((2, 3, 1), 10, np.uint8)], axis=-1)
   expected = np.array([[76, 150, 29], [200, 200, 200]], np.uint8)  # ITU-R 601-2 luma.
   for image, name in [(Image.fromarray(rgb), 'rgb.png'), (Image.fromarray(rgba), 'rgba.png')]:
-    gray = imaging.read_grayscale(_saved(tmp_path, image, name))
+    gray = scan_files.read_grayscale(_saved(tmp_path, image, name))
     assert gray.dtype == np.uint8 and gray.shape == (2, 3)
     np.testing.assert_allclose(gray, expected, atol=1)
 
@@ -38,19 +39,19 @@ def test_palette_image_uses_its_palette(tmp_path):
   palette.putpalette([0, 0, 0, 255, 255, 255, 100, 100, 100] + [0] * 759)
   path = _saved(tmp_path, palette, 'palette.png')
   assert Image.open(path).mode == 'P'
-  np.testing.assert_array_equal(imaging.read_grayscale(path), [[0, 255], [100, 255]])
+  np.testing.assert_array_equal(scan_files.read_grayscale(path), [[0, 255], [100, 255]])
 
 
 def test_16_bit_png_is_scaled_to_8_bits(tmp_path):
   values = np.array([[0, 257 * 100, 65535]], np.uint16)
   path = _saved(tmp_path, Image.fromarray(values), 'deep.png')
   assert Image.open(path).mode.startswith('I')
-  np.testing.assert_array_equal(imaging.read_grayscale(path), [[0, 100, 255]])
+  np.testing.assert_array_equal(scan_files.read_grayscale(path), [[0, 100, 255]])
 
 
 def test_jpeg_is_read_approximately(tmp_path):
   flat = np.full((16, 24), 120, np.uint8)
-  gray = imaging.read_grayscale(_saved(tmp_path, Image.fromarray(flat).convert('RGB'), 'a.jpg'))
+  gray = scan_files.read_grayscale(_saved(tmp_path, Image.fromarray(flat).convert('RGB'), 'a.jpg'))
   assert gray.shape == (16, 24)
   np.testing.assert_allclose(gray, flat, atol=2)
 
@@ -58,16 +59,16 @@ def test_jpeg_is_read_approximately(tmp_path):
 def test_unreadable_files_name_the_file_and_reason(tmp_path):
   corrupt = tmp_path / 'corrupt.png'
   corrupt.write_bytes(b'not an image at all')
-  with pytest.raises(imaging.ImageReadError, match='corrupt.png.*UnidentifiedImageError'):
-    imaging.read_grayscale(str(corrupt))
+  with pytest.raises(scan_files.ImageReadError, match='corrupt.png.*UnidentifiedImageError'):
+    scan_files.read_grayscale(str(corrupt))
   truncated = tmp_path / 'truncated.png'
   noise = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
   data = open(_saved(tmp_path, Image.fromarray(noise), 'ok.png'), 'rb').read()
   truncated.write_bytes(data[:len(data) // 2])
-  with pytest.raises(imaging.ImageReadError, match='truncated.png'):
-    imaging.read_grayscale(str(truncated))
-  with pytest.raises(imaging.ImageReadError, match='missing.png.*FileNotFoundError'):
-    imaging.read_grayscale(str(tmp_path / 'missing.png'))
+  with pytest.raises(scan_files.ImageReadError, match='truncated.png'):
+    scan_files.read_grayscale(str(truncated))
+  with pytest.raises(scan_files.ImageReadError, match='missing.png.*FileNotFoundError'):
+    scan_files.read_grayscale(str(tmp_path / 'missing.png'))
 
 
 def test_resize_map_is_bilinear_float32():

@@ -2,12 +2,12 @@
 import json
 import os
 
-import jax
 import numpy as np
 from PIL import Image
 import pytest
 
 from configs import synthetic as synthetic_config
+from data import scan_files
 from unet_flax import imaging
 from unet_flax import model as model_lib
 from unet_flax import predict
@@ -103,7 +103,7 @@ def test_predict_writes_original_size_outputs_and_skips_broken_files(setup, tmp_
     assert cam.shape == (h, w) and cam.dtype == np.float32
     assert 0.0 <= cam.min() and cam.max() <= 1.0 + 1e-6
   # The written mask is the one `evaluate` scores: flip-TTA logits, upsampled, thresholded.
-  gray = imaging.read_grayscale(str(tmp_path / 'in/gray.png'))
+  gray = scan_files.read_grayscale(str(tmp_path / 'in/gray.png'))
   logits = model_lib.inference_logits(model, variables,
                                       imaging.model_input(gray, SIZE)[None], flip_tta=True)
   expected = imaging.lesion_probability(np.asarray(logits[0]), *gray.shape) > 0.5

@@ -17,6 +17,7 @@ from PIL import Image
 from scipy import special
 from tqdm import tqdm
 
+from data import scan_files
 from unet_flax import gradcam
 from unet_flax import imaging
 from unet_flax import model as model_lib
@@ -96,8 +97,8 @@ def _ground_truth(mask_paths: list[str], shape: tuple[int, int], name: str):
   truth = None
   for path in mask_paths:
     try:
-      mask = imaging.read_grayscale(path) > 0
-    except imaging.ImageReadError as e:
+      mask = scan_files.read_grayscale(path) > 0
+    except scan_files.ImageReadError as e:
       tqdm.write(f'{name}: ignoring ground truth: {e}', file=sys.stderr)
       continue
     if mask.shape != shape:
@@ -173,8 +174,8 @@ def predict_files(model, variables, config, paths: list[str], output_dir: str,
       for path, mask_paths in chunk:
         name = _stem(path)
         try:
-          gray = imaging.read_grayscale(path)
-        except imaging.ImageReadError as e:
+          gray = scan_files.read_grayscale(path)
+        except scan_files.ImageReadError as e:
           tqdm.write(f'ERROR {e} (skipped)', file=sys.stderr)
           failures += 1
           continue

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from data import classes
-from unet_flax import imaging
+from data import scan_files
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 SPLITS = ('train', 'validation', 'test')
@@ -264,10 +264,10 @@ def _unreadable(path: pathlib.Path, error: Exception) -> FolderFormatError:
 
 
 def read_image(path: pathlib.Path) -> np.ndarray:
-  """(H, W) uint8 gray, as the model sees any scan (`imaging.read_grayscale`)."""
+  """(H, W) uint8 gray, as the model sees any scan (`scan_files.read_grayscale`)."""
   try:
-    return imaging.read_grayscale(str(path))
-  except imaging.ImageReadError as e:
+    return scan_files.read_grayscale(str(path))
+  except scan_files.ImageReadError as e:
     raise _unreadable(path, e) from e
 
 
