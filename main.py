@@ -11,6 +11,7 @@ workdir take its saved config.json unless --config is given.
 """
 import logging as std_logging
 import os
+import re
 import sys
 
 # TensorFlow's C++ start-up notices (oneDNN, CPU features) say nothing a user can act on.
@@ -111,18 +112,18 @@ class _ProjectInfoOnly(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or record.pathname.startswith(ROOT)
 
 
-def main(argv):
-  if FLAGS.verbosity < 1:
-    logging.get_absl_handler().addFilter(_ProjectInfoOnly())
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if FLAGS.mode != 'benchmark' and not FLAGS.workdir:
-    raise app.UsageError('--workdir is required.')
-  if FLAGS.mode in ('train', 'benchmark') and FLAGS.config is None:
-    raise app.UsageError(f'--config is required for --mode={FLAGS.mode}.')
-  from unet_flax import distributed
-  distributed.maybe_initialize(FLAGS.config)
+def _user_errors() -> tuple[type[Exception], ...]:
+  """What a user's data, workdir or download gets wrong (not bugs): these end the run with a
+  message, not a traceback."""
+  from data import provenance
+  from data.busi import dataset_files
+  from data.seg_folder import FolderFormatError
+  from unet_flax import checkpointing
+  return (FileNotFoundError, provenance.StaleBuildError, FolderFormatError,
+          dataset_files.BusiFormatError, checkpointing.UnreadableCheckpointError)
 
+
+def _run():
   if FLAGS.mode == 'train':
     from unet_flax import train
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -147,6 +148,30 @@ def main(argv):
   elif FLAGS.mode == 'benchmark':
     from unet_flax import benchmark
     benchmark.run(FLAGS.config)
+
+
+def main(argv):
+  if FLAGS.verbosity < 1:
+    logging.get_absl_handler().addFilter(_ProjectInfoOnly())
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.mode != 'benchmark' and not FLAGS.workdir:
+    raise app.UsageError('--workdir is required.')
+  if FLAGS.mode in ('train', 'benchmark') and FLAGS.config is None:
+    raise app.UsageError(f'--config is required for --mode={FLAGS.mode}.')
+  from unet_flax import distributed
+  distributed.maybe_initialize(FLAGS.config)
+  try:
+    _run()
+  except Exception as e:  # pylint: disable=broad-except
+    if FLAGS.verbosity >= 1 or not isinstance(e, _user_errors()):
+      raise
+    message = str(e)
+    if FLAGS.mode in ('evaluate', 'gradcam') and not FLAGS.config:
+      # There the data folder is given by --manual_dir, not by a config override.
+      message = re.sub(r'--config\.data\.(manual_dir|busbra_dir|folder\.dir)', '--manual_dir',
+                       message)
+    sys.exit(f'FATAL {message}')
 
 
 if __name__ == '__main__':

@@ -104,3 +104,17 @@ def test_missing_busi_fails_fast_with_download_steps(tmp_path):
                  f'--config.data.tfds_data_dir={tmp_path / "tfds"}', check=False)
   assert result.returncode != 0
   assert 'nowhere' in result.stderr and 'kaggle' in result.stderr.lower()
+
+
+def test_expected_user_errors_end_in_one_fatal_line_that_names_the_flag(trained_workdir,
+                                                                        tmp_path):
+  result = _main('--mode=evaluate', f'--workdir={tmp_path / "not_a_run"}', check=False)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith('FATAL ')
+  assert 'is' in result.stderr and 'a training workdir' in result.stderr
+  result = _main('--mode=evaluate', f'--workdir={trained_workdir}', '--dataset=busbra',
+                 f'--manual_dir={tmp_path / "no_busbra"}', check=False)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  fatal = result.stderr[result.stderr.index('FATAL '):]
+  # In evaluate mode the folder comes from --manual_dir, and the message says so.
+  assert 'no_busbra' in fatal and '--manual_dir' in fatal and '--config.data' not in fatal
