@@ -75,12 +75,12 @@ def _evaluate():
   if not FLAGS.compare_to:
     return
   # The other model reads the very same data (folders, builds, folder dataset's naming), at
-  # its own input size.
+  # its own input size; its protocol still names what it was trained on.
   other = _workdir_config(FLAGS.compare_to)
   with other.unlocked():
-    image_size = other.data.image_size
+    own = {'image_size': other.data.image_size, 'source': other.data.source}
     other.data = config.data.copy_and_resolve_references()
-    other.data.image_size = image_size
+    other.data.update(own)
   for dataset in summaries:
     evaluate.evaluate_workdir(FLAGS.compare_to, other, FLAGS.split, dataset)
     print(compare.write_comparison(

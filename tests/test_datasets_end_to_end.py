@@ -69,6 +69,9 @@ def test_a_model_is_evaluated_on_another_dataset_and_compared_pairwise(mixed_wor
                                                                                mixed_workdir)]
   ours, theirs = [_image_ids(report) for report in reports]
   assert ours == theirs and all(i.startswith('scan_') for i in ours)
+  for report, trained_on in zip(reports, ('synthetic;', 'synthetic+folder;')):
+    with open(os.path.join(report, 'summary.json')) as f:
+      assert f'model trained on {trained_on}' in json.load(f)['protocol']
   with open(os.path.join(reports[0], 'comparison.json')) as f:
     comparison = json.load(f)
   dice = comparison['dice']
