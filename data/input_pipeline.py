@@ -47,7 +47,7 @@ def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset
   # Importing the builder package registers 'busi' with TFDS.
   from data.busi import dataset_files  # pylint: disable=g-import-not-at-top
   data_dir = _tfds_data_dir(data_config)
-  manual_dir = os.path.abspath(os.path.expanduser(data_config.manual_dir))
+  source = manual_dir = os.path.abspath(os.path.expanduser(data_config.manual_dir))
   # TFDS wants a folder as manual dir; an archive given by path is found in its folder.
   if os.path.isfile(manual_dir):
     manual_dir = os.path.dirname(manual_dir)
@@ -59,18 +59,21 @@ def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset
           f'BUSI is not built in the TFDS data dir {data_dir} (config.data.tfds_data_dir), '
           'and the manual dir cannot build it (set --config.data.manual_dir to the '
           f'download, archive.zip or the extracted folder): {e}') from None
-  return _prepare(tfds.builder('busi', data_dir=data_dir), manual_dir, '',
-                  'config.data.manual_dir').as_dataset(split=split, shuffle_files=False)
+  return _prepare(tfds.builder('busi', data_dir=data_dir), data_dir, manual_dir, '',
+                  'config.data.manual_dir', source).as_dataset(split=split, shuffle_files=False)
 
 
-def _prepare(builder: tfds.core.DatasetBuilder, manual_dir: str, reading: str, flag: str):
-  """Builds `builder` from `manual_dir` once; refuses a build made from other files."""
+def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str, manual_dir: str, reading: str,
+             flag: str, source: str = ''):
+  """Builds `builder` (in the TFDS `data_dir`) from `manual_dir` once; refuses a build made
+  from other files than `source` (default: the manual dir) holds now."""
+  source = source or manual_dir
   if builder.is_prepared():
-    provenance.check(builder.data_dir, manual_dir, reading, flag)
+    provenance.check(builder.data_dir, source, reading, flag, exclude=data_dir)
     return builder
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  provenance.record(builder.data_dir, manual_dir, reading)
+  provenance.record(builder.data_dir, source, reading, exclude=data_dir)
   return builder
 
 
@@ -110,7 +113,8 @@ def _load_folder(data_config: ml_collections.ConfigDict, source: str,
           f'{builder_config.name} is not built in the TFDS data dir '
           f'{_tfds_data_dir(data_config)}, and {manual_dir} cannot build it '
           f'(set --{flag}): {e}') from None
-  return _prepare(builder, manual_dir, repr(builder_config), flag).as_dataset(
+  return _prepare(builder, _tfds_data_dir(data_config), manual_dir, repr(builder_config),
+                  flag).as_dataset(
       split=split, shuffle_files=False)
 
 

@@ -17,17 +17,20 @@ class StaleBuildError(RuntimeError):
   """The TFDS build was made from other files than the configured manual dir holds."""
 
 
-def fingerprint(manual_dir: str, reading: str) -> dict:
-  """Names and sizes of every file below `manual_dir` (or the file itself), and `reading`
-  (e.g. the folder builder's pairing options), hashed."""
+def fingerprint(manual_dir: str, reading: str, exclude: str = '') -> dict:
+  """Names and sizes of every file below `manual_dir` (or the file itself, e.g. a zip), and
+  `reading` (e.g. the folder builder's pairing options), hashed. `exclude` is a folder left
+  out (the TFDS data dir, when a user keeps it inside the download folder)."""
   digest = hashlib.sha256(reading.encode())
   count = 0
   if os.path.isfile(manual_dir):
     entries = [(os.path.basename(manual_dir), os.path.getsize(manual_dir))]
   else:
     entries = []
+    exclude = os.path.abspath(exclude) if exclude else ''
     for parent, dirnames, filenames in os.walk(manual_dir):
-      dirnames.sort()
+      dirnames[:] = sorted(d for d in dirnames
+                           if os.path.abspath(os.path.join(parent, d)) != exclude)
       entries += [(os.path.relpath(os.path.join(parent, name), manual_dir),
                    os.path.getsize(os.path.join(parent, name))) for name in sorted(filenames)]
   for name, size in entries:
@@ -36,7 +39,7 @@ def fingerprint(manual_dir: str, reading: str) -> dict:
   return {'manual_dir': manual_dir, 'files': count, 'sha256': digest.hexdigest()}
 
 
-def check(build_dir: str, manual_dir: str, reading: str, flag: str) -> None:
+def check(build_dir: str, manual_dir: str, reading: str, flag: str, exclude: str = '') -> None:
   """Raises StaleBuildError if the build in `build_dir` came from other files than
   `manual_dir` holds now. A build without a record, or a manual dir that is gone (the user
   keeps only the build), passes."""
@@ -45,7 +48,7 @@ def check(build_dir: str, manual_dir: str, reading: str, flag: str) -> None:
     return
   with open(path) as f:
     saved = json.load(f)
-  current = fingerprint(manual_dir, reading)
+  current = fingerprint(manual_dir, reading, exclude)
   if current['sha256'] != saved['sha256']:
     raise StaleBuildError(
         f'The dataset build {build_dir} was made from {saved["manual_dir"]} '
@@ -54,11 +57,11 @@ def check(build_dir: str, manual_dir: str, reading: str, flag: str) -> None:
         'copy its own --config.data.tfds_data_dir, or delete the build to rebuild it.')
 
 
-def record(build_dir: str, manual_dir: str, reading: str) -> None:
+def record(build_dir: str, manual_dir: str, reading: str, exclude: str = '') -> None:
   """Writes the fingerprint of a fresh build (atomically: processes may race)."""
   if not os.path.exists(manual_dir):
     return
   path = os.path.join(build_dir, FILE)
   with open(path + f'.tmp{os.getpid()}', 'w') as f:
-    json.dump(fingerprint(manual_dir, reading), f, indent=2)
+    json.dump(fingerprint(manual_dir, reading, exclude), f, indent=2)
   os.replace(path + f'.tmp{os.getpid()}', path)
