@@ -1,4 +1,5 @@
-"""2-core CPU setting: trains a useful BUSI model in under an hour.
+"""2-core CPU setting: trains a useful BUSI model in under an hour (54 min on the 2-core machine of
+the speed table; 2x slower 2-core machines exist, see README Speed).
 
 192 x 192 input and a 16-feature U-Net keep one epoch of BUSI's training split (424 images)
 at about 40 seconds on two cores; metrics are still computed at the original resolution.
