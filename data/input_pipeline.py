@@ -43,7 +43,7 @@ def is_built(data_config: ml_collections.ConfigDict) -> bool:
 
 
 def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset:
-  """tfds.load of the builder; fails fast, before any TFDS work, when there is no data."""
+  """The BUSI builder's split; fails fast, before any TFDS work, when there is no data."""
   # Importing the builder package registers 'busi' with TFDS.
   from data.busi import dataset_files  # pylint: disable=g-import-not-at-top
   data_dir = _tfds_data_dir(data_config)
@@ -51,26 +51,30 @@ def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset
   # TFDS wants a folder as manual dir; an archive given by path is found in its folder.
   if os.path.isfile(manual_dir):
     manual_dir = os.path.dirname(manual_dir)
-  if not is_built(data_config):
-    try:
-      dataset_files.locate(manual_dir)
-    except dataset_files.BusiFormatError as e:
-      raise FileNotFoundError(
-          f'BUSI is not built in the TFDS data dir {data_dir} (config.data.tfds_data_dir), '
-          'and the manual dir cannot build it (set --config.data.manual_dir to the '
-          f'download, archive.zip or the extracted folder): {e}') from None
-  return _prepare(tfds.builder('busi', data_dir=data_dir), data_dir, manual_dir, '',
+  builder = tfds.builder('busi', data_dir=data_dir)
+  return _prepare(builder, data_dir, manual_dir, dataset_files.locate, '',
                   'config.data.manual_dir', source).as_dataset(split=split, shuffle_files=False)
 
 
-def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str, manual_dir: str, reading: str,
-             flag: str, source: str = ''):
+def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str, manual_dir: str,
+             can_build, reading: str, flag: str, source: str = ''):
   """Builds `builder` (in the TFDS `data_dir`) from `manual_dir` once; refuses a build made
-  from other files than `source` (default: the manual dir) holds now."""
+  from other files than `source` (default: the manual dir) holds now.
+
+  `can_build(manual_dir)` raises the builder's format error (a ValueError) when the manual
+  dir cannot build the dataset: that is reported before any TFDS work starts.
+  """
   source = source or manual_dir
   if builder.is_prepared():
     provenance.check(builder.data_dir, source, reading, flag, exclude=data_dir)
     return builder
+  name = builder.builder_config.name if builder.builder_config else builder.name
+  try:
+    can_build(manual_dir)
+  except ValueError as e:
+    raise FileNotFoundError(
+        f'{name} is not built in the TFDS data dir {data_dir} (config.data.tfds_data_dir), '
+        f'and {manual_dir} cannot build it (set --{flag}): {e}') from None
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   provenance.record(builder.data_dir, source, reading, exclude=data_dir)
@@ -103,19 +107,12 @@ def _load_folder(data_config: ml_collections.ConfigDict, source: str,
   from data import seg_folder  # pylint: disable=g-import-not-at-top
   builder_config, manual_dir = _folder_config(data_config, source)
   manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
-  builder = seg_folder.Builder(config=builder_config, data_dir=_tfds_data_dir(data_config))
+  data_dir = _tfds_data_dir(data_config)
+  builder = seg_folder.Builder(config=builder_config, data_dir=data_dir)
   flag = 'config.data.busbra_dir' if source == 'busbra' else 'config.data.folder.dir'
-  if not builder.is_prepared():
-    try:
-      seg_folder.check(manual_dir, builder_config)
-    except seg_folder.FolderFormatError as e:
-      raise FileNotFoundError(
-          f'{builder_config.name} is not built in the TFDS data dir '
-          f'{_tfds_data_dir(data_config)}, and {manual_dir} cannot build it '
-          f'(set --{flag}): {e}') from None
-  return _prepare(builder, _tfds_data_dir(data_config), manual_dir, repr(builder_config),
-                  flag).as_dataset(
-      split=split, shuffle_files=False)
+  return _prepare(builder, data_dir, manual_dir,
+                  lambda folder: seg_folder.check(folder, builder_config),
+                  repr(builder_config), flag).as_dataset(split=split, shuffle_files=False)
 
 
 def sources(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
