@@ -90,15 +90,30 @@ def _evaluate():
 
 
 def _parse_flags(argv):
-  """absl's parser, but a misspelt --config.* override is one clear line, not a traceback."""
+  """absl's parser, but a misspelt --config.* override or a --config file that cannot be
+  loaded is one clear line, not a traceback."""
   try:
-    return FLAGS(argv)
+    argv = FLAGS(argv)
   except (AttributeError, KeyError) as e:  # What ml_collections raises for an unknown field.
     while e.args and isinstance(e.args[0], BaseException):
       e = e.args[0]
     overrides = [arg for arg in argv[1:] if arg.startswith('--config.')]
     sys.exit(f'FATAL Unknown config field in {" ".join(overrides)}: '
              f'{e.args[0] if e.args else e}\nEvery field is listed in configs/default.py.')
+  try:
+    # ml_collections defers a load failure to the config's first use.
+    FLAGS.config is None or FLAGS.config.keys()  # pylint: disable=expression-not-assigned
+  except OSError as e:
+    while e.__cause__ is not None:
+      e = e.__cause__
+    filename = FLAGS['config'].config_filename.split(':')[0]
+    reason = ('no such file' if not os.path.exists(filename) else
+              f'{type(e).__name__}: {" ".join(str(e).split())}')
+    shipped = sorted(name for name in os.listdir(os.path.join(ROOT, 'configs'))
+                     if name.endswith('.py') and not name.startswith('_'))
+    sys.exit(f'FATAL Cannot load --config={filename} ({reason}). Shipped configs: '
+             f'{", ".join("configs/" + name for name in shipped)}.')
+  return argv
 
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -120,7 +135,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
   from data.seg_folder import FolderFormatError
   from unet_flax import checkpointing
   return (FileNotFoundError, provenance.StaleBuildError, FolderFormatError,
-          dataset_files.BusiFormatError, checkpointing.UnreadableCheckpointError)
+          dataset_files.BusiFormatError, checkpointing.UnreadableCheckpointError,
+          checkpointing.WorkdirMismatchError)
 
 
 def _run():

@@ -118,3 +118,31 @@ def test_expected_user_errors_end_in_one_fatal_line_that_names_the_flag(trained_
   fatal = result.stderr[result.stderr.index('FATAL '):]
   # In evaluate mode the folder comes from --manual_dir, and the message says so.
   assert 'no_busbra' in fatal and '--manual_dir' in fatal and '--config.data' not in fatal
+
+
+def _fatal_message(result):
+  """The text from the one FATAL line on (a missing download adds how to get it)."""
+  assert result.returncode != 0 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  assert result.stderr.count('FATAL ') == 1, result.stderr[-2000:]
+  return result.stderr[result.stderr.index('FATAL '):]
+
+
+def test_train_errors_end_in_one_fatal_line_and_leave_the_workdir_as_it_was(trained_workdir,
+                                                                            tmp_path):
+  fatal = _fatal_message(_main('--config=configs/no_such.py', f'--workdir={tmp_path}',
+                            check=False))
+  assert 'configs/no_such.py (no such file)' in fatal and 'configs/cpu.py' in fatal
+
+  # Missing data: the message names the flag, and no workdir (no config.json) is left behind.
+  workdir = tmp_path / 'run'
+  fatal = _fatal_message(_main('--config=configs/cpu.py', f'--workdir={workdir}',
+                            f'--config.data.manual_dir={tmp_path / "no_busi"}', check=False))
+  assert '--config.data.manual_dir' in fatal and not workdir.exists()
+
+  # A workdir trained with another model: refused, pointing to a new workdir, never to deletion.
+  config_json = os.path.join(trained_workdir, 'config.json')
+  before = open(config_json).read()
+  fatal = _fatal_message(_main('--config=configs/synthetic.py', f'--workdir={trained_workdir}',
+                            '--config.model.base_features=8', check=False))
+  assert 'config.model=' in fatal and 'new --workdir' in fatal and 'delete' not in fatal
+  assert open(config_json).read() == before

@@ -8,8 +8,8 @@ import json
 import os
 import shutil
 import subprocess
+import signal
 import sys
-import time
 
 import jax
 import numpy as np
@@ -58,16 +58,13 @@ def _train(*workdirs):
   return errors
 
 
-def _train_until_killed(workdir, condition):
-  """Starts training and SIGKILLs it as soon as condition(workdir) holds."""
-  process = _start(workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  try:
-    while not condition(workdir):
-      assert process.poll() is None, f'training ended before {condition.__name__}'
-      time.sleep(0.002)
-  finally:
-    process.kill()  # SIGKILL: no handler, no cleanup, like a recycled runtime.
-    process.wait()
+def _train_until_killed(workdir, step):
+  """Trains until the run SIGKILLs itself right after `step` (train.KILL_AFTER_STEP_ENV):
+  no handler, no cleanup, like a recycled runtime, at an exact point."""
+  process = _start(workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   env={**os.environ, train.KILL_AFTER_STEP_ENV: str(step)})
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == -signal.SIGKILL, stderr[-4000:]
 
 
 def _listdir(path):
@@ -125,34 +122,25 @@ def test_two_identical_runs_give_identical_parameters_and_metrics(runs):
   assert [r['epoch'] for r in rows if 'epoch_loss' in r] == [1, 2, 3, 4]
 
 
-def _best_saved_before_latest(workdir):
-  return _listdir(_checkpoint_dir(workdir, 'best')) and not _listdir(
-      _checkpoint_dir(workdir, 'latest'))
-
-
-def _mid_epoch_after_a_checkpoint(workdir):
-  if '8' not in _listdir(_checkpoint_dir(workdir, 'latest')):
-    return False
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return any(json.loads(line)['step'] >= 10 for line in f if line.endswith('\n'))
-
-
-def _checkpoint_half_written(workdir):
-  return any('orbax-checkpoint-tmp' in name
-             for name in _listdir(_checkpoint_dir(workdir, 'latest')))
+def _leave_a_half_written_checkpoint(workdir, reference, step):
+  """What a kill during orbax's save of `step` leaves: the files in a temporary directory
+  that was never renamed (here the finished checkpoint of the reference run)."""
+  shutil.copytree(os.path.join(_checkpoint_dir(reference, 'latest'), str(step)),
+                  os.path.join(_checkpoint_dir(workdir, 'latest'),
+                               f'{step}.orbax-checkpoint-tmp-1795900000000000'))
 
 
 def test_sigkill_at_several_points_then_rerun_ends_like_an_uninterrupted_run(reference,
                                                                             tmp_path):
   workdir = str(tmp_path)
-  latest = _checkpoint_dir(workdir, 'latest')
-  # From scratch, a best/ checkpoint newer than any latest/ one; from scratch again up to
-  # step 10; resumed from step 8, killed while writing step 16.
-  for kill_point in (_best_saved_before_latest, _mid_epoch_after_a_checkpoint,
-                     _checkpoint_half_written):
-    _train_until_killed(workdir, kill_point)
-  assert {name.split('.')[0] for name in _listdir(latest)} == {'8', '16'}
-  assert any('orbax-checkpoint-tmp' in name for name in _listdir(latest))
+  latest, best = _checkpoint_dir(workdir, 'latest'), _checkpoint_dir(workdir, 'best')
+  _train_until_killed(workdir, 5)  # From scratch: best/ saved at step 4, latest/ not yet.
+  assert _listdir(best) == ['4'] and not _listdir(latest)
+  _train_until_killed(workdir, 10)  # From scratch again: latest/ at 8, killed mid-epoch.
+  assert _listdir(latest) == ['8']
+  assert max(row['step'] for row in _metrics(workdir)) > 8
+  _train_until_killed(workdir, 16)  # Resumed from 8, killed while saving step 16.
+  _leave_a_half_written_checkpoint(workdir, reference, 16)
 
   (stderr,) = _train(workdir)
   assert 'Resumed from step 8 ' in stderr
@@ -233,16 +221,20 @@ def test_unknown_override_key_is_one_clear_line(tmp_path):
   assert 'Did you mean "batch_size"' in result.stderr
 
 
-def test_resuming_with_another_model_shape_says_how_to_start_fresh(reference):
-  with pytest.raises(ValueError, match='config.model=.*use a new --workdir, or delete'):
+def test_resuming_with_another_model_shape_points_to_a_new_workdir_not_deletion(reference):
+  with pytest.raises(checkpointing.WorkdirMismatchError,
+                     match='config.model=.*Use a new --workdir') as error:
     checkpointing.save_config(_config(**{'model.base_features': 8}), reference)
+  assert 'delete' not in str(error.value).lower()
 
 
 def test_resuming_with_another_batch_size_is_refused(reference, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(reference, workdir)
-  with pytest.raises(ValueError, match='ends epoch 4 at step 16, but this config has 2 steps'):
+  with pytest.raises(checkpointing.WorkdirMismatchError,
+                     match='ends epoch 4 at step 16, but this config has 2 steps') as error:
     train.train_and_evaluate(_config(**{'train.batch_size': 8}), workdir)
+  assert 'delete' not in str(error.value).lower()
 
 
 def test_evaluate_or_predict_without_a_checkpoint_says_train_first(tmp_path):

@@ -176,29 +176,31 @@ def test_workdir_with_another_model_shape_is_refused(tmp_path):
   config = _config()
   checkpointing.save_config(config, str(tmp_path))
   config.model.base_features = 8
-  with pytest.raises(ValueError, match='config.model=.*use a new --workdir'):
+  with pytest.raises(ValueError, match='config.model=.*Use a new --workdir'):
     checkpointing.save_config(config, str(tmp_path))
 
 
-def test_config_of_an_older_workdir_loads_with_the_behaviour_it_had(tmp_path):
+def test_config_round_trips_and_a_workdir_of_another_format_is_refused_by_name(tmp_path):
   config = _config()
-  config.model.presence_head = True
-  config.eval.flip_tta = True
   checkpointing.save_config(config, str(tmp_path))
-  loaded = checkpointing.load_config(str(tmp_path))
-  assert loaded.model.presence_head and loaded.eval.flip_tta  # Saved values win.
-  older = json.loads((tmp_path / 'config.json').read_text())
-  del (older['model']['presence_head'], older['model']['deep_supervision'],
-       older['eval']['flip_tta'], older['eval']['threshold_candidates'])
-  (tmp_path / 'config.json').write_text(json.dumps(older))
-  loaded = checkpointing.load_config(str(tmp_path))
-  assert loaded.model.presence_head is False and loaded.eval.flip_tta is False
-  assert loaded.eval.threshold_candidates == ()  # Older runs keep eval.threshold.
-  assert loaded.model.deep_supervision == 0
-  saved = json.loads(config.to_json_best_effort())
-  assert loaded.to_dict() == {
-      **saved, 'model': {**saved['model'], 'presence_head': False, 'deep_supervision': 0},
-      'eval': {**saved['eval'], 'flip_tta': False, 'threshold_candidates': ()}}
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['format_version'] == checkpointing.FORMAT_VERSION
+  assert checkpointing.load_config(str(tmp_path)).to_dict() == json.loads(
+      config.to_json_best_effort())
+  del saved['format_version']  # As every workdir written before the version was recorded.
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  with pytest.raises(checkpointing.WorkdirMismatchError,
+                     match=f'config.json has config format 1; this busi-unet reads format '
+                     f'{checkpointing.FORMAT_VERSION}'):
+    checkpointing.load_config(str(tmp_path))
+
+
+def test_evaluating_a_workdir_with_another_model_config_names_the_difference(tmp_path):
+  checkpointing.save_config(_config(), str(tmp_path))
+  other = _config()
+  other.model.depth = 3
+  with pytest.raises(checkpointing.WorkdirMismatchError, match='config.model=.*depth.*'):
+    checkpointing.load_inference(str(tmp_path), other)
 
 
 def test_chosen_threshold_applies_unless_the_config_asks_for_none():

@@ -95,6 +95,16 @@ class Checkpoints:
     self.best.close()
 
 
+# The layout of config.json this code reads; bump it when a field's meaning changes or a field
+# the model or evaluation needs is added. Workdirs of another layout are refused by name
+# rather than silently read with today's defaults.
+FORMAT_VERSION = 2  # 1: every workdir written before the version was recorded.
+
+
+class WorkdirMismatchError(ValueError):
+  """A workdir whose config.json does not fit this run (another model, data or version)."""
+
+
 def _lookup(config: ml_collections.ConfigDict, dotted: str):
   value = config
   for key in dotted.split('.'):
@@ -102,46 +112,55 @@ def _lookup(config: ml_collections.ConfigDict, dotted: str):
   return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes config.json; refuses a workdir whose checkpoints have another model shape.
+# What the checkpoints of a workdir depend on: another value cannot resume or read them.
+_CHECKPOINT_FIELDS = ('model', 'data.image_size', 'half_precision')
 
-  Resuming such a workdir would either crash inside orbax or, worse, silently train a
-  different experiment than the one configured.
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str,
+                  fields: tuple[str, ...] = _CHECKPOINT_FIELDS + ('data.source',)) -> None:
+  """Refuses a workdir trained with other values of `fields` than `config` has.
+
+  Resuming it would either crash inside orbax or, worse, silently train a different
+  experiment than the one configured; reading it with another model cannot work either.
+  The checkpoints are fine for their own config, so the advice is never to delete them.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(path):
-    saved = load_config(workdir)
-    for name in ('model', 'data.image_size', 'data.source'):
-      old, new = _lookup(saved, name), _lookup(config, name)
-      if old != new:
-        raise ValueError(
-            f'{path} was written for config.{name}={old}, but this run asks for {new}. '
-            f'Resuming would mix two experiments: use a new --workdir, or delete {workdir} '
-            'to start fresh.')
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    return
+  saved = load_config(workdir)
+  for name in fields:
+    old, new = _lookup(saved, name), _lookup(config, name)
+    if old != new:
+      raise WorkdirMismatchError(
+          f'{os.path.join(workdir, CONFIG_FILE)} was written for config.{name}={old}, but '
+          f'this run asks for {new}: its checkpoints belong to another experiment. Use a new '
+          '--workdir for this config (or run this workdir with its own config.json).')
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes config.json (with `FORMAT_VERSION`), after `check_workdir`."""
+  check_workdir(config, workdir)
   os.makedirs(workdir, exist_ok=True)
+  saved = {'format_version': FORMAT_VERSION,
+           **json.loads(config.to_json_best_effort(sort_keys=True))}
+  path = os.path.join(workdir, CONFIG_FILE)
   # Write-then-rename: a kill mid-write must not leave a torn config.json that blocks resuming.
   with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    json.dump(saved, f, indent=2, sort_keys=True)
   os.replace(path + '.tmp', path)
 
 
-# Inference fields added after some workdirs were written, with the value that reproduces how
-# those workdirs were trained and evaluated (no presence head, attention gates or deep
-# supervision, one forward pass, the threshold of their config).
-_FIELDS_ADDED_LATER = {('model', 'presence_head'): False, ('model', 'deep_supervision'): 0,
-                       ('model', 'attention_gates'): False,
-                       ('eval', 'flip_tta'): False, ('eval', 'threshold_candidates'): ()}
-
-
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The workdir's config.json, completed with `_FIELDS_ADDED_LATER` where it predates them."""
+  """The workdir's config.json; one of another `FORMAT_VERSION` is refused with its version."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist: is {workdir!r} a training workdir?')
   with open(path) as f:
     saved = json.load(f)
-  for (section, field), value in _FIELDS_ADDED_LATER.items():
-    saved.setdefault(section, {}).setdefault(field, value)
+  version = saved.pop('format_version', 1)
+  if version != FORMAT_VERSION:
+    raise WorkdirMismatchError(
+        f'{path} has config format {version}; this busi-unet reads format {FORMAT_VERSION}. '
+        'Use the busi-unet release that trained it, or retrain into a new --workdir.')
   return ml_collections.ConfigDict(saved)
 
 
@@ -161,7 +180,10 @@ def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None
   `meta` says which epoch it is and the validation score that chose it, for the protocol
   sentence; the returned config carries the threshold chosen with it (`with_chosen_threshold`).
   """
-  config = config or load_config(workdir)
+  if config is None:
+    config = load_config(workdir)
+  else:
+    check_workdir(config, workdir, _CHECKPOINT_FIELDS)
   model = model_lib.create_model(config.model, config.half_precision)
   abstract = jax.eval_shape(
       lambda: model_lib.init_variables(model, 0, config.data.image_size))

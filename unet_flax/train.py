@@ -9,6 +9,7 @@ import functools
 import itertools
 import json
 import os
+import signal
 import time
 from typing import Any
 
@@ -270,78 +271,89 @@ def _validation_line(epoch: int, scalars: dict, best: dict) -> str:
   return line + f' (best {best["val_all_images_dice"]:.4f} at epoch {best["epoch"]})'
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains, keeps the best checkpoint by validation all-image Dice, evaluates it on test once.
+# The crash tests (docs/reliability.md) set this to N: the run SIGKILLs itself right after
+# train step N, so each kill point is exact instead of a race against a polling test.
+KILL_AFTER_STEP_ENV = 'BUSI_UNET_KILL_AFTER_STEP'
 
-  Returns {dataset: test summary} (see `metrics.summarize`).
-  """
-  from data import input_pipeline  # data/ owns TensorFlow; imported only where needed.
 
-  check_config(config)
-  mesh = sharding.create_mesh()
-  if jax.process_index() == 0:
-    checkpointing.save_config(config, workdir)
-  local_batch = config.train.batch_size // jax.process_count()
-  train_input, validation_batches, test_splits = _training_data(config, input_pipeline,
-                                                                local_batch)
-  if config.data.source == 'synthetic':
-    logging.warning('DEMO RUN on synthetic ultrasound-like images: the numbers say nothing '
-                    'about BUSI.')
-  # Processes may hold a batch more or less of the split; all must take the same steps.
-  steps_per_epoch = int(multihost_utils.process_allgather(
-      np.int32(train_input.steps_per_epoch)).min())
-  _check_steps_per_epoch(steps_per_epoch, train_input.num_examples, local_batch)
-  total_steps = config.train.num_epochs * steps_per_epoch
+def _kill_if_asked(step: int) -> None:
+  if os.environ.get(KILL_AFTER_STEP_ENV) == str(step):
+    os.kill(os.getpid(), signal.SIGKILL)
 
-  model = model_lib.create_model(config.model, config.half_precision)
-  # Built as replicated global arrays: no process can device_put onto another's devices.
+
+def _steps_per_epoch(train_input, local_batch: int) -> int:
+  """Processes may hold a batch more or less of the split; all must take the same steps."""
+  steps = int(multihost_utils.process_allgather(np.int32(train_input.steps_per_epoch)).min())
+  _check_steps_per_epoch(steps, train_input.num_examples, local_batch)
+  return steps
+
+
+def _initial_state(config, model, mesh, steps_per_epoch: int, checkpoints,
+                   workdir: str) -> TrainState:
+  """The workdir's latest checkpoint if there is one (it must fit this config), else a new
+  state; built as replicated global arrays, since no process can device_put onto another's
+  devices."""
   state = jax.jit(lambda: create_train_state(config.seed, config, model, steps_per_epoch),
                   out_shardings=sharding.replicated(mesh))()
-  checkpoints = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
   restored, meta = checkpoints.restore_latest(state)
-  if restored is not None:
-    if int(restored.step) != meta['epoch'] * steps_per_epoch:
-      raise ValueError(
-          f'The latest checkpoint in {workdir} ends epoch {meta["epoch"]} at step '
-          f'{int(restored.step)}, but this config has {steps_per_epoch} steps per epoch (was '
-          'train.batch_size or the training data changed?). Resuming would replay another '
-          f'data order: use a new --workdir, or delete {workdir} to start fresh.')
-    state = restored
-    logging.info('Resumed from step %d (epoch %d).', int(state.step), meta['epoch'])
-  start_step = int(state.step)
-  start_epoch = start_step // steps_per_epoch
-  best = checkpoints.best_meta() or {}
+  if restored is None:
+    return state
+  if int(restored.step) != meta['epoch'] * steps_per_epoch:
+    raise checkpointing.WorkdirMismatchError(
+        f'The latest checkpoint in {workdir} ends epoch {meta["epoch"]} at step '
+        f'{int(restored.step)}, but this config has {steps_per_epoch} steps per epoch (was '
+        'train.batch_size or the training data changed?). Resuming would replay another data '
+        'order: use a new --workdir for this config.')
+  logging.info('Resumed from step %d (epoch %d).', int(restored.step), meta['epoch'])
+  return restored
 
+
+def _train_epoch(state: TrainState, p_train_step, batches, mesh, train_config,
+                 log: MetricsLog, progress, epoch: int):
+  """One epoch of train steps; returns (state, the epoch's scalars for metrics.jsonl)."""
+  epoch_start = time.time()
+  step = int(state.step)
+  running, skipped = [], 0
+  for batch in batches:
+    state, metrics = p_train_step(state, sharding.global_batch(batch, mesh))
+    step += 1
+    progress.update(1)
+    _kill_if_asked(step)
+    metrics = jax.device_get(metrics)
+    if not metrics['finite'] and train_config.skip_nonfinite_updates:
+      skipped += 1
+      logging.warning('Skipped step %d: non-finite loss or gradient.', step)
+      continue
+    _stop_on_nonfinite(metrics, step)
+    running.append(float(metrics['loss']))
+    progress.set_postfix(epoch=epoch + 1, loss=f'{np.mean(running[-20:]):.4f}')
+    if step % train_config.log_every_steps == 0:
+      log.write(step, epoch=epoch + 1, train_loss=float(np.mean(running[-20:])),
+                dice_loss=float(metrics['dice_loss']), bce_loss=float(metrics['bce_loss']),
+                presence_loss=float(metrics['presence_loss']),
+                deep_supervision_loss=float(metrics['deep_supervision_loss']),
+                grad_norm=float(metrics['grad_norm']))
+  return state, {'epoch': epoch + 1, 'epoch_loss': float(np.mean(running or np.nan)),
+                 'skipped_steps': skipped, 'epoch_seconds': time.time() - epoch_start}
+
+
+def _fit(state: TrainState, config, mesh, train_input, steps_per_epoch: int, predictor,
+         validation_batches: dict, checkpoints, workdir: str) -> TrainState:
+  """The epoch loop, from wherever `state` is: validates every `eval_every_epochs` and keeps
+  the best checkpoint by validation all-image Dice; keeps the latest every
+  `checkpoint_every_epochs`. Returns the final state."""
   p_train_step = compile_train_step(config, mesh)
-  predictor = evaluate.Predictor(model, mesh, config.eval.batch_size, config.eval.flip_tta)
+  start_step = int(state.step)
+  best = checkpoints.best_meta() or {}
   log = MetricsLog(workdir, start_step)
-  progress = tqdm(total=total_steps, initial=start_step, desc='train', unit='step',
-                  disable=jax.process_index() != 0, dynamic_ncols=True)
-  step = start_step
-  for epoch in range(start_epoch, config.train.num_epochs):
-    epoch_start = time.time()
-    running, skipped = [], 0
-    for batch in itertools.islice(train_input.epoch(epoch), steps_per_epoch):
-      state, metrics = p_train_step(state, sharding.global_batch(batch, mesh))
-      step += 1
-      progress.update(1)
-      metrics = jax.device_get(metrics)
-      if not metrics['finite'] and config.train.skip_nonfinite_updates:
-        skipped += 1
-        logging.warning('Skipped step %d: non-finite loss or gradient.', step)
-        continue
-      _stop_on_nonfinite(metrics, step)
-      running.append(float(metrics['loss']))
-      progress.set_postfix(epoch=epoch + 1, loss=f'{np.mean(running[-20:]):.4f}')
-      if step % config.train.log_every_steps == 0:
-        log.write(step, epoch=epoch + 1, train_loss=float(np.mean(running[-20:])),
-                  dice_loss=float(metrics['dice_loss']), bce_loss=float(metrics['bce_loss']),
-                  presence_loss=float(metrics['presence_loss']),
-                  deep_supervision_loss=float(metrics['deep_supervision_loss']),
-                  grad_norm=float(metrics['grad_norm']))
-    last_epoch = epoch + 1 == config.train.num_epochs
-    scalars = {'epoch': epoch + 1, 'epoch_loss': float(np.mean(running or np.nan)),
-               'skipped_steps': skipped, 'epoch_seconds': time.time() - epoch_start}
+  progress = tqdm(total=config.train.num_epochs * steps_per_epoch, initial=start_step,
+                  desc='train', unit='step', disable=jax.process_index() != 0,
+                  dynamic_ncols=True)
+  for epoch in range(start_step // steps_per_epoch, config.train.num_epochs):
+    batches = itertools.islice(train_input.epoch(epoch), steps_per_epoch)
+    state, scalars = _train_epoch(state, p_train_step, batches, mesh, config.train, log,
+                                  progress, epoch)
+    step, last_epoch = int(state.step), epoch + 1 == config.train.num_epochs
     if (epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch:
       scalars.update(validate(predictor, inference_variables(state), validation_batches,
                               config.eval))
@@ -355,22 +367,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       checkpoints.save_latest(step, state, {'epoch': epoch + 1})
   progress.close()
   log.close()
+  if jax.process_index() == 0:
+    visualize.training_curves(log.path, os.path.join(workdir, 'training_curves.png'))
+  return state
 
+
+def _best_with_threshold(predictor, checkpoints, state: TrainState, validation_batches: dict,
+                         eval_config):
+  """(variables, meta) of the best checkpoint, with the threshold chosen on validation saved
+  beside it (unless the config lists no candidates)."""
   variables, best = checkpoints.restore_best(
       jax.eval_shape(lambda: inference_variables(state)))
-  if config.eval.threshold_candidates:
+  if eval_config.threshold_candidates:
     threshold, by_threshold = predictor.choose_threshold(variables, validation_batches,
-                                                         config.eval)
+                                                         eval_config)
     best = {**best, 'threshold': threshold,
             'val_all_images_dice_by_threshold': {str(t): d for t, d in by_threshold.items()}}
     checkpoints.save_best(best['step'], variables, best)
+  return variables, best
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, keeps the best checkpoint by validation all-image Dice, evaluates it on test once.
+
+  Returns {dataset: test summary} (see `metrics.summarize`).
+  """
+  from data import input_pipeline  # data/ owns TensorFlow; imported only where needed.
+
+  check_config(config)
+  checkpointing.check_workdir(config, workdir)
+  local_batch = config.train.batch_size // jax.process_count()
+  train_input, validation_batches, test_splits = _training_data(config, input_pipeline,
+                                                                local_batch)
+  steps_per_epoch = _steps_per_epoch(train_input, local_batch)
+  if jax.process_index() == 0:  # Only now: a run whose data are missing leaves no workdir.
+    checkpointing.save_config(config, workdir)
+  if config.data.source == 'synthetic':
+    logging.warning('DEMO RUN on synthetic ultrasound-like images: the numbers say nothing '
+                    'about BUSI.')
+
+  mesh = sharding.create_mesh()
+  model = model_lib.create_model(config.model, config.half_precision)
+  predictor = evaluate.Predictor(model, mesh, config.eval.batch_size, config.eval.flip_tta)
+  checkpoints = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
+  state = _initial_state(config, model, mesh, steps_per_epoch, checkpoints, workdir)
+  state = _fit(state, config, mesh, train_input, steps_per_epoch, predictor,
+               validation_batches, checkpoints, workdir)
+  variables, best = _best_with_threshold(predictor, checkpoints, state, validation_batches,
+                                         config.eval)
   checkpoints.close()
+
   logging.info('Evaluating the best checkpoint (%s) on test.', evaluate.best_note(best))
   config = checkpointing.with_chosen_threshold(config, best)
-  test_summaries = {
-      name: evaluate.evaluate_and_report(predictor, variables, config, name, split, 'test',
-                                         workdir, checkpoint_note=evaluate.best_note(best))
-      for name, split in test_splits.items()}
-  if jax.process_index() == 0:
-    visualize.training_curves(log.path, os.path.join(workdir, 'training_curves.png'))
-  return test_summaries
+  return {name: evaluate.evaluate_and_report(predictor, variables, config, name, split, 'test',
+                                             workdir, checkpoint_note=evaluate.best_note(best))
+          for name, split in test_splits.items()}
