@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 from scipy import ndimage
+from scipy import stats
 
 from data.classes import CLASS_NAMES, NORMAL
 
@@ -97,9 +98,11 @@ def bootstrap_ci95(values, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) 
   values = np.asarray(values, dtype=np.float64)
   if values.size == 0:
     return [float('nan'), float('nan')]
-  rng = np.random.default_rng(seed)
-  means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
-  return [float(q) for q in np.percentile(means, [2.5, 97.5])]
+  if np.all(values == values[0]):  # Every resample has the same mean.
+    return [float(values[0])] * 2
+  interval = stats.bootstrap((values,), np.mean, n_resamples=resamples, method='percentile',
+                             rng=np.random.default_rng(seed)).confidence_interval
+  return [float(interval.low), float(interval.high)]
 
 
 def _mean_std(values) -> dict:

@@ -18,6 +18,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
+from scipy.sparse import csgraph
 
 LAYOUT_THRESHOLD = 0.85
 DETAIL_THRESHOLD = 0.5
@@ -60,35 +61,21 @@ def fingerprint(image: np.ndarray) -> Fingerprint:
 def group(fingerprints: Mapping[str, Fingerprint]) -> dict[str, str]:
   """Returns {image_id: group id}; the group id is the smallest image_id in the group.
 
-  Duplicate pairs are joined transitively (union-find), so the result does not depend on the
-  order of `fingerprints`.
+  Duplicate pairs are joined transitively (connected components of the "same picture"
+  graph), so the result does not depend on the order of `fingerprints`.
   """
   ids = sorted(fingerprints)
-  parent = list(range(len(ids)))
-
-  def find(i):
-    while parent[i] != i:
-      parent[i] = parent[parent[i]]
-      i = parent[i]
-    return i
-
-  def union(i, j):
-    i, j = find(i), find(j)
-    parent[max(i, j)] = min(i, j)  # The root is the smallest index = smallest image_id.
-
-  by_digest = collections.defaultdict(list)
-  for i, image_id in enumerate(ids):
-    by_digest[fingerprints[image_id].digest].append(i)
-  for members in by_digest.values():
-    for i in members[1:]:
-      union(members[0], i)
+  digests = np.array([fingerprints[i].digest for i in ids])
+  same = digests[:, None] == digests[None, :]
   if len(ids) > 1:
     layout = np.stack([fingerprints[i].layout for i in ids])
     detail = np.stack([fingerprints[i].detail for i in ids])
-    close = (layout @ layout.T >= LAYOUT_THRESHOLD) & (detail @ detail.T >= DETAIL_THRESHOLD)
-    for i, j in zip(*np.nonzero(np.triu(close, k=1))):
-      union(int(i), int(j))
-  return {image_id: ids[find(i)] for i, image_id in enumerate(ids)}
+    same |= (layout @ layout.T >= LAYOUT_THRESHOLD) & (detail @ detail.T >= DETAIL_THRESHOLD)
+  _, components = csgraph.connected_components(same, directed=False)
+  first = {}  # Component -> its smallest index (= smallest image_id, since ids are sorted).
+  for i, component in enumerate(components):
+    first.setdefault(component, i)
+  return {image_id: ids[first[c]] for image_id, c in zip(ids, components)}
 
 
 def _split_key(group_id: str, salt: str = _SPLIT_SALT) -> str:
