@@ -41,6 +41,11 @@ flags.DEFINE_string('compare_to', None, 'evaluate: another workdir whose model i
                     'the same images; prints and saves the paired per-image differences.')
 flags.DEFINE_list('input', [], 'predict: image files, folders or globs.')
 flags.DEFINE_string('output', None, 'predict/gradcam: output folder.')
+flags.DEFINE_boolean('cams', True, 'predict: Seg-Grad-CAM maps (X_cam.npy); false skips the '
+                     'Grad-CAM pass and writes masks and predictions.csv only (no overlays: '
+                     'they show the CAM).')
+flags.DEFINE_boolean('overlays', True, 'predict: overlay figures (X_overlay.png), the slowest '
+                     'output to draw.')
 # decoder_1 points at the lesion far more often than a coarse bottleneck (README, Grad-CAM).
 flags.DEFINE_list('layers', ['decoder_1'], 'gradcam: layers to compare (first one is used '
                   'by predict), e.g. "encoder_3,bottleneck,decoder_1".')
@@ -151,7 +156,8 @@ def _run():
       raise app.UsageError('--mode=predict needs --input and --output.')
     config, model, variables, _ = checkpointing.load_inference(FLAGS.workdir, FLAGS.config)
     failures = predict.predict_files(model, variables, config, FLAGS.input, FLAGS.output,
-                                     layer=FLAGS.layers[0])
+                                     layer=FLAGS.layers[0], overlays=FLAGS.overlays,
+                                     cams=FLAGS.cams)
     if failures:
       logging.error('%d input file(s) could not be processed (see above).', failures)
       sys.exit(1)

@@ -1,16 +1,23 @@
-"""predict_files on every input format, BUSI-layout folders and broken files; gradcam_split."""
+"""predict_files on every input format, BUSI-layout folders and broken files; its batched,
+streamed outputs against the per-image path; predictions.csv; gradcam_split."""
+import csv
 import json
+import logging
 import os
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
+from scipy import special
 
 from configs import synthetic as synthetic_config
 from data import scan_files
+from unet_flax import gradcam
 from unet_flax import imaging
 from unet_flax import model as model_lib
 from unet_flax import predict
+from unet_flax import visualize
 
 SIZE = 32
 
@@ -77,11 +84,11 @@ def test_busi_masks_are_ground_truth_and_not_inputs(tmp_path):
 
 def test_ground_truth_is_the_union_of_mask_files(tmp_path):
   _write_inputs(tmp_path)
-  truth = predict._ground_truth(
+  truth = predict.ground_truth(
       [str(tmp_path / 'benign (1)_mask.png'), str(tmp_path / 'benign (1)_mask_1.png')],
       (36, 44), 'benign (1)')
   assert truth.sum() == 60 and truth[3, 4] and truth[20, 30]
-  assert predict._ground_truth([str(tmp_path / 'benign (1)_mask.png')], (9, 9), 'x') is None
+  assert predict.ground_truth([str(tmp_path / 'benign (1)_mask.png')], (9, 9), 'x') is None
 
 
 def test_predict_writes_original_size_outputs_and_skips_broken_files(setup, tmp_path, capsys):
@@ -95,7 +102,12 @@ def test_predict_writes_original_size_outputs_and_skips_broken_files(setup, tmp_
   assert 'corrupt.png' in capsys.readouterr().err
   expected = {f'{name}_{kind}' for name in sizes for kind in ('mask.png', 'cam.npy',
                                                                'overlay.png')}
-  assert set(os.listdir(out)) == expected
+  assert set(os.listdir(out)) == expected | {'predictions.csv'}
+  # corrupt.png is the second input of the first batch of 4: the batch goes on without it.
+  rows = _csv_rows(out)
+  assert [os.path.basename(row['file']) for row in rows][:3] == ['benign (1).png',
+                                                                'corrupt.png', 'deep.png']
+  assert 'UnidentifiedImageError' in rows[1]['error'] and rows[1]['lesion_area_px'] == ''
   for name, (h, w) in sizes.items():
     mask = np.asarray(Image.open(out / f'{name}_mask.png'))
     assert mask.shape == (h, w) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
@@ -108,6 +120,182 @@ def test_predict_writes_original_size_outputs_and_skips_broken_files(setup, tmp_
                                       imaging.model_input(gray, SIZE)[None], flip_tta=True)
   expected = imaging.lesion_probability(np.asarray(logits[0]), *gray.shape) > 0.5
   np.testing.assert_array_equal(np.asarray(Image.open(out / 'gray_mask.png')) > 0, expected)
+
+
+@pytest.fixture(scope='module', params=[False, True], ids=['mask-head', 'presence-head'])
+def tiny(request):
+  """(model, variables, config) of a tiny U-Net, with or without the presence head; the
+  threshold is the median probability on noise, so masks are neither empty nor full."""
+  config = synthetic_config.get_config()
+  config.data.image_size = SIZE
+  config.model.base_features = 4
+  config.model.depth = 2
+  config.model.presence_head = request.param
+  config.eval.batch_size = 4
+  model = model_lib.create_model(config.model)
+  variables = model_lib.init_variables(model, 0, SIZE)
+  noise = _noise((2, SIZE, SIZE, 1)).astype(np.float32) / 255
+  logits = model_lib.inference_logits(model, variables, noise, flip_tta=True)
+  config.eval.threshold = round(float(np.median(special.expit(logits))), 4)
+  return model, variables, config
+
+
+def _scans(folder) -> list[str]:
+  """Scans of different sizes (larger and smaller than the network input) and kinds, in
+  input order; the fourth is a truncated PNG, in the middle of the first batch of 4."""
+  os.makedirs(folder)
+  images = {'a_gray.png': _noise((45, 60)), 'b_rgb.png': _noise((60, 45, 3), 1),
+            'c_small.png': _noise((20, 28), 2), 'd_broken.png': _noise((40, 40), 3),
+            'e_wide.jpg': _noise((37, 90, 3), 4), 'f_deep.png': _noise((52, 41), 5),
+            'g_large.png': _noise((70, 88), 6)}
+  for name, pixels in images.items():
+    image = Image.fromarray(pixels)
+    if name == 'f_deep.png':
+      image = Image.fromarray(pixels.astype(np.uint16) * 257)
+    image.save(folder / name)
+  data = (folder / 'd_broken.png').read_bytes()
+  (folder / 'd_broken.png').write_bytes(data[:len(data) // 2])
+  return [str(folder / name) for name in images]
+
+
+def _per_image(model, variables, config, path: str, layer: str = 'decoder_1'):
+  """The path before streaming, for one image alone in a zero-padded batch: its mask, CAM,
+  lesion probability and summary line at the original size."""
+  gray = scan_files.read_grayscale(path)
+  images = np.zeros((config.eval.batch_size, SIZE, SIZE, 1), np.float32)
+  images[0] = imaging.model_input(gray, SIZE)
+  logits = model_lib.inference_logits(model, variables, images, flip_tta=config.eval.flip_tta)
+  region = np.asarray(logits > special.logit(config.eval.threshold))
+  result = gradcam.seg_grad_cam(model, variables, images, layer, region=region)
+  h, w = gray.shape
+  probability = imaging.lesion_probability(np.asarray(logits)[0], h, w)
+  mask = probability > config.eval.threshold
+  area = int(mask.sum())
+  line = (f'{predict._stem(path)}: lesion area {area} px ({100.0 * area / (h * w):.2f}%), '
+          f'max probability {probability.max():.3f}')
+  if result.empty_target[0]:
+    line += ' [no predicted lesion: Grad-CAM map is all zero]'
+  return gray, mask, imaging.resize_map(result.cam[0], h, w), probability, line
+
+
+def _csv_rows(folder) -> list[dict]:
+  with open(folder / 'predictions.csv', newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def _written_mask(folder, path: str) -> np.ndarray:
+  return np.asarray(Image.open(folder / f'{predict._stem(path)}_mask.png'))
+
+
+def test_streamed_batches_write_the_bytes_of_the_per_image_path(tiny, tmp_path, capsys):
+  model, variables, config = tiny
+  paths = _scans(tmp_path / 'in')
+  out = tmp_path / 'out'
+  assert predict.predict_files(model, variables, config, [str(tmp_path / 'in')], str(out)) == 1
+  err = capsys.readouterr().err
+  assert 'ERROR' in err and 'd_broken.png' in err
+  masks = []
+  for path in paths[:3] + paths[4:]:
+    gray, mask, cam, _, line = _per_image(model, variables, config, path)
+    masks.append(mask)
+    assert _written_mask(out, path).tobytes() == (mask.astype(np.uint8) * 255).tobytes()
+    assert np.load(out / f'{predict._stem(path)}_cam.npy').tobytes() == cam.tobytes()
+    overlay = tmp_path / 'overlay.png'
+    visualize.overlay_figure(gray, mask, cam, str(overlay), title=line)
+    assert (out / f'{predict._stem(path)}_overlay.png').read_bytes() == overlay.read_bytes()
+  assert 0 < sum(m.sum() for m in masks) < sum(m.size for m in masks)
+
+
+def test_batch_size_changes_no_mask(tiny, tmp_path):
+  """Alone in a batch of 1 or packed into batches of 4, an image gets the same mask. XLA:CPU
+  sums in another order for another batch shape, so CAMs agree to float32 rounding only."""
+  model, variables, config = tiny
+  paths = _scans(tmp_path / 'in')
+  alone = config.copy_and_resolve_references()
+  alone.eval.batch_size = 1
+  for name, run_config in (('four', config), ('one', alone)):
+    predict.predict_files(model, variables, run_config, paths, str(tmp_path / name),
+                          overlays=False)
+  for path in paths[:3] + paths[4:]:
+    np.testing.assert_array_equal(_written_mask(tmp_path / 'one', path),
+                                  _written_mask(tmp_path / 'four', path))
+    cams = [np.load(tmp_path / run / f'{predict._stem(path)}_cam.npy') for run in ('one', 'four')]
+    np.testing.assert_allclose(*cams, atol=1e-5)
+  assert _csv_rows(tmp_path / 'one') == _csv_rows(tmp_path / 'four')
+
+
+@pytest.mark.parametrize('cams, overlays, kinds', [
+    (False, False, ['mask.png']), (True, False, ['mask.png', 'cam.npy']),
+    (False, True, ['mask.png'])])  # The overlay shows the CAM: none without.
+def test_opt_outs_skip_their_work(tiny, tmp_path, monkeypatch, cams, overlays, kinds):
+  model, variables, config = tiny
+  paths = _scans(tmp_path / 'in')
+  readable = paths[:3] + paths[4:]
+  masks = [_per_image(model, variables, config, path)[1] for path in readable]
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError('called although opted out')
+
+  if not cams:
+    monkeypatch.setattr(gradcam, 'seg_grad_cam', must_not_run)
+  monkeypatch.setattr(visualize, 'overlay_figure', must_not_run)
+  out = tmp_path / 'out'
+  predict.predict_files(model, variables, config, paths, str(out), cams=cams,
+                        overlays=overlays)
+  assert sorted(os.listdir(out)) == sorted(
+      [f'{predict._stem(p)}_{kind}' for p in readable for kind in kinds] + ['predictions.csv'])
+  for path, mask in zip(readable, masks):
+    assert _written_mask(out, path).tobytes() == (mask.astype(np.uint8) * 255).tobytes()
+
+
+def test_predictions_csv_has_a_row_per_input_in_order(tiny, tmp_path):
+  model, variables, config = tiny
+  paths = _scans(tmp_path / 'in')
+  os.makedirs(tmp_path / 'in/sub')
+  clash = tmp_path / 'in/sub/a_gray.png'
+  Image.fromarray(_noise((30, 30))).save(clash)
+  out = tmp_path / 'out'
+  predict.predict_files(model, variables, config, [str(tmp_path / 'in')], str(out),
+                        overlays=False)
+  rows = _csv_rows(out)
+  assert tuple(rows[0]) == predict.CSV_COLUMNS
+  assert [row['file'] for row in rows] == paths + [str(clash)]
+  broken, clashing = rows[3], rows[-1]
+  assert 'd_broken.png' in broken['error'] and 'truncated' in broken['error']
+  assert 'already used' in clashing['error']
+  assert {k for k, v in broken.items() if v} == {k for k, v in clashing.items() if v} == {
+      'file', 'error'}
+  for path, row in zip(paths[:3] + paths[4:], rows[:3] + rows[4:-1]):
+    gray, mask, _, probability, _ = _per_image(model, variables, config, path)
+    h, w = gray.shape
+    area = int((_written_mask(out, path) > 0).sum())
+    assert (int(row['height']), int(row['width'])) == (h, w)
+    assert int(row['lesion_area_px']) == area == mask.sum()
+    assert float(row['lesion_area_percent']) == pytest.approx(100 * area / (h * w), abs=1e-4)
+    assert float(row['max_lesion_probability']) == pytest.approx(probability.max(), abs=1e-6)
+    assert float(row['threshold']) == config.eval.threshold and row['error'] == ''
+    if not config.model.presence_head:
+      assert row['presence_probability'] == ''
+      continue
+    # The image-level probability of the presence head: its logit averaged over the flip.
+    image = imaging.model_input(gray, SIZE)[None]
+    views = [model.apply(variables, view, train=False, mutable=['aux'])[1]['aux']
+             ['presence_logits'][0][0] for view in (image, image[:, :, ::-1])]
+    assert float(row['presence_probability']) == pytest.approx(
+        special.expit(np.mean(views)), abs=1e-6)
+
+
+def test_second_run_compiles_nothing(setup, tmp_path, caplog):
+  """One batch shape: the network and Grad-CAM compile once, not per batch or per run."""
+  model, variables, config = setup
+  paths = _scans(tmp_path / 'in')
+  predict.predict_files(model, variables, config, paths, str(tmp_path / 'warm'),
+                        overlays=False)
+  # Other files, another last batch (4 + 1 readable instead of 4 + 2): the same shapes.
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    predict.predict_files(model, variables, config, paths[1:], str(tmp_path / 'out'),
+                          overlays=False)
+  assert not [r.message for r in caplog.records if 'Compiling' in r.message]
 
 
 def test_predict_refuses_to_write_beside_its_inputs(setup, tmp_path):

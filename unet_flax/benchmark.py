@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 
 from unet_flax import evaluate
+from unet_flax import gradcam
 from unet_flax import model as model_lib
 from unet_flax import sharding
 from unet_flax import train
@@ -21,7 +22,7 @@ from unet_flax import train
 WARMUP_STEPS = 2
 
 
-def _median_seconds(fn, steps: int) -> float:
+def median_seconds(fn, steps: int) -> float:
   for _ in range(WARMUP_STEPS):
     fn()
   times = []
@@ -36,7 +37,7 @@ def matmul_peak_gflop_per_s(n: int = 2048, repeats: int = 5) -> float:
   """float32 matmul speed of this machine: the roof the U-Net is measured against."""
   a = jnp.ones((n, n), jnp.float32)
   dot = jax.jit(jnp.dot)
-  best = min(_median_seconds(lambda: dot(a, a).block_until_ready(), 1)
+  best = min(median_seconds(lambda: dot(a, a).block_until_ready(), 1)
              for _ in range(repeats))
   return 2 * n**3 / best / 1e9
 
@@ -70,6 +71,31 @@ def pipeline_images_per_s(config, epochs: int = 2) -> tuple[float, str]:
   return images / (time.perf_counter() - start), data_config.source
 
 
+def _eval_images(config) -> np.ndarray:
+  """A random float32 batch of the eval shape: speed does not depend on the pixels."""
+  size = config.data.image_size
+  return np.random.default_rng(config.seed).random((config.eval.batch_size, size, size, 1),
+                                                   dtype=np.float32)
+
+
+def inference_images_per_s(model, variables, config, mesh) -> float:
+  """Images/s of one forward pass (no flip TTA) at `eval.batch_size`, as evaluate runs it."""
+  predictor = evaluate.Predictor(model, mesh, config.eval.batch_size)
+  images = _eval_images(config)
+  return config.eval.batch_size / median_seconds(lambda: predictor.logits(variables, images),
+                                                 config.benchmark.steps)
+
+
+def gradcam_images_per_s(model, variables, config, layer: str) -> float:
+  """Images/s of Seg-Grad-CAM of `layer` (a forward and a backward pass) at
+  `eval.batch_size`, as predict runs it."""
+  images = _eval_images(config)
+  region = images[..., 0] > 0.5
+  return config.eval.batch_size / median_seconds(
+      lambda: gradcam.seg_grad_cam(model, variables, images, layer, region=region),
+      config.benchmark.steps)
+
+
 def run(config) -> dict:
   mesh = sharding.create_mesh()
   sharding.check_batch_size(config.train.batch_size)
@@ -94,12 +120,9 @@ def run(config) -> dict:
     state, metrics = train_step(state, batch)
     jax.block_until_ready(metrics)
 
-  train_s = _median_seconds(one_train_step, steps)
+  train_s = median_seconds(one_train_step, steps)
 
-  predictor = evaluate.Predictor(model, mesh, config.eval.batch_size)
-  variables = train.inference_variables(state)
-  eval_images = rng.random((config.eval.batch_size, size, size, 1), dtype=np.float32)
-  infer_s = _median_seconds(lambda: predictor.logits(variables, eval_images), steps)
+  infer = inference_images_per_s(model, train.inference_variables(state), config, mesh)
 
   peak = matmul_peak_gflop_per_s()
   pipeline, pipeline_source = pipeline_images_per_s(config)
@@ -109,7 +132,7 @@ def run(config) -> dict:
       'norm': config.model.norm, 'upsample': config.model.upsample,
       'devices': jax.device_count(), 'platform': jax.default_backend(),
       'train_images_per_s': round(batch_size / train_s, 2),
-      'infer_images_per_s': round(config.eval.batch_size / infer_s, 2),
+      'infer_images_per_s': round(infer, 2),
       'pipeline_images_per_s': round(pipeline, 1), 'pipeline_source': pipeline_source,
       'compile_s': round(compile_s, 2),
       'gflop_per_train_step': round(flops / 1e9, 3),

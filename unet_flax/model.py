@@ -218,19 +218,35 @@ def create_model(model_config, half_precision: bool = False) -> UNet:
               dtype=jnp.bfloat16 if half_precision else jnp.float32)
 
 
+def _one_view(model: UNet, variables, images):
+  """(B, S, S) logits and the (B,) presence logits (None without a presence head)."""
+  logits, state = model.apply(variables, images, train=False, mutable=['aux'])
+  presence = state.get('aux', {}).get('presence_logits')
+  # `sow` appends to what `variables` may already hold: this call's value is the last.
+  return logits[..., 0], None if presence is None else presence[-1]
+
+
 @functools.partial(jax.jit, static_argnames=('model', 'flip_tta'))
-def inference_logits(model: UNet, variables, images, flip_tta: bool):
-  """(B, S, S) logits in inference mode; with `flip_tta`, the mean of the image's and its
-  left-right mirror's logits.
+def inference_outputs(model: UNet, variables, images, flip_tta: bool):
+  """(B, S, S) logits in inference mode and the (B,) presence logits (None without a presence
+  head); with `flip_tta`, each is the mean of the image's and its left-right mirror's.
 
   A lesion is a lesion in the mirrored scan too (training augments with that flip), so the
   mean of the two views cancels some of either view's errors, for twice the compute.
   """
-  logits = model.apply(variables, images, train=False)[..., 0]
+  logits, presence = _one_view(model, variables, images)
   if flip_tta:
-    mirrored = model.apply(variables, images[:, :, ::-1], train=False)[..., 0]
+    mirrored, mirrored_presence = _one_view(model, variables, images[:, :, ::-1])
     logits = (logits + mirrored[:, :, ::-1]) / 2
-  return logits
+    if presence is not None:
+      presence = (presence + mirrored_presence) / 2
+  return logits, presence
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'flip_tta'))
+def inference_logits(model: UNet, variables, images, flip_tta: bool):
+  """The logits of `inference_outputs`: what evaluation thresholds."""
+  return inference_outputs(model, variables, images, flip_tta)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))

@@ -2,15 +2,20 @@
 
 `predict_files` takes whatever the user points at (files, folders, globs; any PNG/JPEG) and
 writes, at each image's ORIGINAL size, the binary mask, the Seg-Grad-CAM map and an overlay
-figure. A folder in the BUSI layout (`X.png` beside `X_mask.png`, `X_mask_1.png`, ...) is
-recognised: the mask files are ground truth, drawn on the overlay, and not predicted on.
+figure, and one `predictions.csv` row per input. A folder in the BUSI layout (`X.png` beside
+`X_mask.png`, `X_mask_1.png`, ...) is recognised: the mask files are ground truth, drawn on
+the overlay, and not predicted on.
 """
+import collections
+from concurrent import futures
+import csv
 import functools
 import glob
 import json
 import os
 import re
 import sys
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -25,6 +30,8 @@ from unet_flax import visualize
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 _MASK_STEM = re.compile(r'(?P<image>.+)_mask(?:_\d+)?')
+CSV_COLUMNS = ('file', 'height', 'width', 'lesion_area_px', 'lesion_area_percent',
+               'max_lesion_probability', 'presence_probability', 'threshold', 'error')
 
 
 def _is_image(name: str) -> bool:
@@ -83,16 +90,17 @@ def expand_inputs(paths: list[str]) -> tuple[list[tuple[str, list[str]]], list[s
 
 
 def _unique_outputs(inputs):
-  """Drops (as problems) inputs whose output names `X_*` an earlier input already takes."""
+  """Drops inputs whose output names `X_*` an earlier input already takes; returns (kept
+  inputs, [(dropped path, reason)])."""
   owners = {}
   for path, _ in inputs:
     owners.setdefault(_stem(path), path)
-  problems = [f'{path}: output name {_stem(path)!r} is already used by {owners[_stem(path)]!r}'
-              for path, _ in inputs if owners[_stem(path)] != path]
-  return [(p, m) for p, m in inputs if owners[_stem(p)] == p], problems
+  dropped = [(path, f'output name {_stem(path)!r} is already used by {owners[_stem(path)]!r}')
+             for path, _ in inputs if owners[_stem(path)] != path]
+  return [(p, m) for p, m in inputs if owners[_stem(p)] == p], dropped
 
 
-def _ground_truth(mask_paths: list[str], shape: tuple[int, int], name: str):
+def ground_truth(mask_paths: list[str], shape: tuple[int, int], name: str):
   """OR of the mask files (None if there are none or they do not fit the image)."""
   truth = None
   for path in mask_paths:
@@ -118,80 +126,186 @@ def _check_output_dir(output_dir: str, inputs) -> None:
                        '*_mask.png files would mix with ground truth. Choose another folder.')
 
 
-def _write_outputs(output_dir: str, name: str, gray: np.ndarray, logits: np.ndarray,
-                   cam: np.ndarray, truth, threshold: float, empty_target: bool) -> str:
-  """Mask, CAM and overlay at the original size; returns the one-line summary."""
-  h, w = gray.shape
-  probability = imaging.lesion_probability(logits, h, w)
+class _Scan(NamedTuple):
+  """One readable input: what the network sees, and what its outputs are drawn on."""
+  path: str
+  gray: np.ndarray  # uint8 (H, W), the original size.
+  truth: np.ndarray | None  # Ground truth for the overlay, if known.
+  network_input: np.ndarray  # float32 (S, S, 1).
+
+
+class _Prediction(NamedTuple):
+  """The network's outputs for one scan, at the network's size."""
+  logits: np.ndarray  # (S, S) flip-TTA logits, as `evaluate` scores them.
+  presence: float | None  # Image-level lesion probability; None without a presence head.
+  cam: np.ndarray | None  # (S, S) Seg-Grad-CAM; None when CAMs are not asked for.
+  empty_target: bool  # No predicted lesion, so the CAM is all zero.
+
+
+def _read(path: str, mask_paths: list[str], size: int, with_truth: bool) -> _Scan:
+  """Decodes and resizes one input; raises `scan_files.ImageReadError`."""
+  gray = scan_files.read_grayscale(path)
+  truth = ground_truth(mask_paths, gray.shape, _stem(path)) if with_truth else None
+  return _Scan(path, gray, truth, imaging.model_input(gray, size))
+
+
+def _read_ahead(reader: futures.Executor, inputs, read, ahead: int):
+  """(path, future of `read(path, mask_paths)`) in input order, with `ahead` more reads
+  submitted, so decoding the next batch overlaps the network's work on this one."""
+  pending = collections.deque()
+  for path, mask_paths in inputs:
+    pending.append((path, reader.submit(read, path, mask_paths)))
+    if len(pending) > ahead:
+      yield pending.popleft()
+  yield from pending
+
+
+def _readable_batches(reads, batch_size: int, on_failure):
+  """Lists of up to `batch_size` _Scans in input order; an unreadable input goes to
+  `on_failure(path, reason)` and the next readable one takes its place in the batch."""
+  batch = []
+  for path, read in reads:
+    try:
+      batch.append(read.result())
+    except scan_files.ImageReadError as e:
+      on_failure(path, str(e))
+      continue
+    if len(batch) == batch_size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
+def _explain(model, variables, config, images: np.ndarray, layers):
+  """The logits `evaluate` scores (flip TTA per config), the presence logits, and each
+  layer's Grad-CAM of the region the logits mark, so the map explains the very mask shown.
+
+  Returns ((B, S, S) logits, (B,) presence logits or None, {layer: GradCamResult}).
+  """
+  logits, presence = model_lib.inference_outputs(model, variables, images,
+                                                 flip_tta=config.eval.flip_tta)
+  region = np.asarray(logits > special.logit(config.eval.threshold))
+  return (np.asarray(logits), None if presence is None else np.asarray(presence),
+          {layer: gradcam.seg_grad_cam(model, variables, images, layer, region=region)
+           for layer in layers})
+
+
+def _predict_batch(model, variables, config, scans: list[_Scan], batch_size: int,
+                   layer: str | None) -> list[_Prediction]:
+  """Network outputs of each scan; Grad-CAM of `layer` unless it is None.
+
+  The batch is zero-padded to `batch_size`: one shape, so each function compiles once. A
+  scan's outputs do not depend on its neighbours or place in the batch (BatchNorm runs in
+  inference mode); XLA may round differently for another batch size.
+  """
+  size = config.data.image_size
+  images = np.zeros((batch_size, size, size, 1), np.float32)
+  for i, scan in enumerate(scans):
+    images[i] = scan.network_input
+  logits, presence, results = _explain(model, variables, config, images,
+                                       [layer] if layer else [])
+  return [_Prediction(logits[i], None if presence is None else float(special.expit(presence[i])),
+                      results[layer].cam[i] if layer else None,
+                      bool(layer and results[layer].empty_target[i]))
+          for i in range(len(scans))]
+
+
+def _write_outputs(output_dir: str, scan: _Scan, prediction: _Prediction, threshold: float,
+                   overlay: bool) -> tuple[str, dict]:
+  """Mask, CAM and overlay at the original size; returns (summary line, CSV row)."""
+  name = _stem(scan.path)
+  h, w = scan.gray.shape
+  probability = imaging.lesion_probability(prediction.logits, h, w)
   mask = probability > threshold
-  cam = imaging.resize_map(cam, h, w)
   area = int(mask.sum())
   line = (f'{name}: lesion area {area} px ({100.0 * area / (h * w):.2f}%), '
           f'max probability {probability.max():.3f}')
-  if empty_target:
+  if prediction.empty_target:
     line += ' [no predicted lesion: Grad-CAM map is all zero]'
   Image.fromarray(mask.astype(np.uint8) * 255).save(
       os.path.join(output_dir, f'{name}_mask.png'))
-  np.save(os.path.join(output_dir, f'{name}_cam.npy'), cam)
-  visualize.overlay_figure(gray, mask, cam, os.path.join(output_dir, f'{name}_overlay.png'),
-                           gt_mask=truth, title=line)
-  return line
+  if prediction.cam is not None:
+    cam = imaging.resize_map(prediction.cam, h, w)
+    np.save(os.path.join(output_dir, f'{name}_cam.npy'), cam)
+    if overlay:
+      visualize.overlay_figure(scan.gray, mask, cam,
+                               os.path.join(output_dir, f'{name}_overlay.png'),
+                               gt_mask=scan.truth, title=line)
+  row = {'file': scan.path, 'height': h, 'width': w, 'lesion_area_px': area,
+         'lesion_area_percent': round(100.0 * area / (h * w), 4),
+         'max_lesion_probability': round(float(probability.max()), 6),
+         'presence_probability': ('' if prediction.presence is None
+                                  else round(prediction.presence, 6)),
+         'threshold': threshold, 'error': ''}
+  return line, row
 
 
-def _explain(model, variables, config, images: np.ndarray, layers) -> tuple[np.ndarray, dict]:
-  """The logits `evaluate` scores (flip TTA per config) and each layer's Grad-CAM of the
-  region they mark, so the map explains the very mask that is shown.
+class _Outcomes:
+  """Per-input outcomes as they arrive: progress bar, printed lines, failures, CSV rows."""
 
-  Returns ((B, S, S) logits, {layer: GradCamResult}).
-  """
-  logits = model_lib.inference_logits(model, variables, images, flip_tta=config.eval.flip_tta)
-  region = np.asarray(logits > special.logit(config.eval.threshold))
-  return np.asarray(logits), {layer: gradcam.seg_grad_cam(model, variables, images, layer,
-                                                          region=region)
-                              for layer in layers}
+  def __init__(self, bar):
+    self.bar = bar
+    self.rows = {}  # Input path -> CSV row.
+    self.failures = 0
+
+  def failed(self, path: str, reason: str) -> None:
+    tqdm.write(f'ERROR {reason} (skipped)', file=sys.stderr)
+    self.rows[path] = {'file': path, 'error': reason}
+    self.failures += 1
+    self.bar.update()
+
+  def written(self, line: str, row: dict) -> None:
+    tqdm.write(line)
+    self.rows[row['file']] = row
+    self.bar.update()
+
+
+def _write_csv(path: str, rows: list[dict]) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, restval='')
+    writer.writeheader()
+    writer.writerows(rows)
 
 
 def predict_files(model, variables, config, paths: list[str], output_dir: str,
-                  layer: str = 'decoder_1') -> int:
+                  layer: str = 'decoder_1', *, overlays: bool = True, cams: bool = True) -> int:
   """Predicts every image of `paths` into `output_dir`; returns how many inputs failed.
 
-  Per input `X.ext`: `X_mask.png` (0/255), `X_cam.npy` (float32 Seg-Grad-CAM of `layer`)
-  and `X_overlay.png`, all at the original size. Unreadable files are reported and skipped.
+  Per input `X.ext`: `X_mask.png` (0/255), `X_cam.npy` (float32 Seg-Grad-CAM of `layer`,
+  unless `cams` is False) and `X_overlay.png` (if `overlays`; it shows the CAM, so not without
+  `cams`), all at the original size; `predictions.csv` has a row per input, in input order.
+  Unreadable files are reported and skipped. One thread decodes the next batch and another
+  writes the last one while the network runs, so a folder streams at the network's pace.
   """
-  inputs, problems = expand_inputs(paths)
-  inputs, clashes = _unique_outputs(inputs)
-  problems += clashes
+  listed, problems = expand_inputs(paths)
+  inputs, dropped = _unique_outputs(listed)
   _check_output_dir(output_dir, inputs)
   os.makedirs(output_dir, exist_ok=True)
   for problem in problems:
     print(f'ERROR {problem}', file=sys.stderr)
-  failures = len(problems)
-  size, threshold = config.data.image_size, config.eval.threshold
+  threshold, overlay = config.eval.threshold, overlays and cams
   batch_size = max(1, min(config.eval.batch_size, len(inputs)))
-  with tqdm(total=len(inputs), unit='image', disable=len(inputs) <= batch_size) as bar:
-    for start in range(0, len(inputs), batch_size):
-      chunk, loaded = inputs[start:start + batch_size], []
-      for path, mask_paths in chunk:
-        name = _stem(path)
-        try:
-          gray = scan_files.read_grayscale(path)
-        except scan_files.ImageReadError as e:
-          tqdm.write(f'ERROR {e} (skipped)', file=sys.stderr)
-          failures += 1
-          continue
-        loaded.append((name, gray, _ground_truth(mask_paths, gray.shape, name)))
-      bar.update(len(chunk))
-      if not loaded:
-        continue
-      # A fixed batch shape (zero padding) keeps it to one compilation.
-      images = np.zeros((batch_size, size, size, 1), np.float32)
-      for i, (_, gray, _) in enumerate(loaded):
-        images[i] = imaging.model_input(gray, size)
-      logits, results = _explain(model, variables, config, images, [layer])
-      for i, (name, gray, truth) in enumerate(loaded):
-        tqdm.write(_write_outputs(output_dir, name, gray, logits[i], results[layer].cam[i],
-                                  truth, threshold, bool(results[layer].empty_target[i])))
-  return failures
+  read = functools.partial(_read, size=config.data.image_size, with_truth=overlay)
+  with (tqdm(total=len(listed), unit='image', disable=len(listed) <= batch_size) as bar,
+        futures.ThreadPoolExecutor(1) as reader, futures.ThreadPoolExecutor(1) as writer):
+    outcomes = _Outcomes(bar)
+    for path, reason in dropped:
+      outcomes.failed(path, f'{path}: {reason}')
+    writes = collections.deque()
+    for scans in _readable_batches(_read_ahead(reader, inputs, read, batch_size), batch_size,
+                                   outcomes.failed):
+      predictions = _predict_batch(model, variables, config, scans, batch_size,
+                                   layer if cams else None)
+      writes += [writer.submit(_write_outputs, output_dir, scan, prediction, threshold, overlay)
+                 for scan, prediction in zip(scans, predictions)]
+      while len(writes) > len(scans):  # The previous batch: bounds memory, keeps order.
+        outcomes.written(*writes.popleft().result())
+    while writes:
+      outcomes.written(*writes.popleft().result())
+  _write_csv(os.path.join(output_dir, 'predictions.csv'),
+             [outcomes.rows[path] for path, _ in listed])
+  return len(problems) + outcomes.failures
 
 
 def _file_name(image_id: str) -> str:
@@ -214,7 +328,7 @@ def gradcam_split(model, variables, config, batches, output_dir: str,
   empty = 0
   shown = []  # (image id, image, truth, {layer: cam}) for the comparison figure.
   for batch in tqdm(batches, desc='gradcam', unit='batch', leave=False):
-    logits, results = _explain(model, variables, config, batch['image'], layers)
+    logits, _, results = _explain(model, variables, config, batch['image'], layers)
     for i, raw_id in enumerate(batch['image_id']):
       h, w = int(batch['orig_height'][i]), int(batch['orig_width'][i])
       truth = batch['orig_mask'][i, :h, :w] > 0
