@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # Runs --mode=benchmark in a subprocess.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = ('image_size', 'batch_size', 'base_features', 'depth', 'devices',
           'train_images_per_s', 'infer_images_per_s', 'pipeline_images_per_s', 'compile_s',

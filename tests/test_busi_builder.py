@@ -359,6 +359,7 @@ def real_build(tmp_path_factory):
   return {split: _examples(builder, split) for split in builder.info.splits}
 
 
+@pytest.mark.slow  # Builds the real BUSI copy.
 def test_real_counts_and_masks(real_build):
   examples = [e for split in real_build.values() for e in split]
   labels = collections.Counter(dataset_files.CLASSES[e['label']] for e in examples)
@@ -371,6 +372,7 @@ def test_real_counts_and_masks(real_build):
     assert e['image'].shape == e['mask'].shape
 
 
+@pytest.mark.slow  # Builds the real BUSI copy.
 def test_real_multi_mask_images_are_the_or_of_their_files(real_build):
   root = dataset_files.locate(REAL_BUSI)
   multi = [e for split in real_build.values() for e in split if e['num_masks'] > 1]
@@ -383,6 +385,7 @@ def test_real_multi_mask_images_are_the_or_of_their_files(real_build):
     np.testing.assert_array_equal(e['mask'][..., 0], expected.astype(np.uint8))
 
 
+@pytest.mark.slow  # Builds the real BUSI copy.
 def test_real_duplicate_groups_stay_in_one_split(real_build):
   sides = collections.defaultdict(set)
   groups = {}
@@ -404,6 +407,7 @@ def test_real_duplicate_groups_stay_in_one_split(real_build):
       assert abs(count / total - fraction) < 0.04, (label, name, count)
 
 
+@pytest.mark.slow  # A `tfds build` subprocess.
 def test_tfds_build_command_builds_the_dataset(tmp_path):
   """The documented `tfds build data/busi` command, as a user runs it."""
   manual = busi_fixtures.write_kaggle_tree(tmp_path / 'manual')

@@ -11,6 +11,8 @@ from PIL import Image
 from data import synthetic
 from test_main import _main
 
+pytestmark = pytest.mark.slow  # Builds datasets and trains through main.py.
+
 
 def _write_folder_dataset(folder, num=24):
   """A user's folder: `scan_N.png` beside `scan_N_mask.png` (synthetic pixels, 0/255 masks)."""

@@ -178,6 +178,7 @@ def _train(model, images, masks, steps: int):
   return {'params': params, 'batch_stats': batch_stats}
 
 
+@pytest.mark.slow  # Trains a U-Net.
 def test_trained_unet_points_at_the_lesion():
   images, masks, _ = _lesion_batch(48, seed=11, size=64)
   model = model_lib.UNet(base_features=8, depth=2, norm='batch')

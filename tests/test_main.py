@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # Trains and runs main.py end to end in subprocesses.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -8,6 +8,8 @@ import pytest
 from configs import default
 from unet_flax import model as model_lib
 
+pytestmark = pytest.mark.slow  # Compiles U-Nets of many configurations.
+
 
 @pytest.mark.parametrize('norm,upsample', [('batch', 'transpose'), ('group', 'resize'),
                                            ('none', 'transpose')])

@@ -14,6 +14,8 @@ import pytest
 from configs import synthetic
 from unet_flax import distributed
 
+pytestmark = pytest.mark.slow  # Runs training on 4 simulated devices in subprocesses.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config=configs/synthetic.py', '--config.train.num_epochs=1',
         '--config.data.image_size=32', '--config.model.base_features=4',

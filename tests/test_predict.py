@@ -91,6 +91,7 @@ def test_ground_truth_is_the_union_of_mask_files(tmp_path):
   assert predict.ground_truth([str(tmp_path / 'benign (1)_mask.png')], (9, 9), 'x') is None
 
 
+@pytest.mark.slow  # Compiles U-Net inference and Grad-CAM.
 def test_predict_writes_original_size_outputs_and_skips_broken_files(setup, tmp_path, capsys):
   model, variables, config = setup
   sizes = _write_inputs(tmp_path / 'in')
@@ -187,6 +188,7 @@ def _written_mask(folder, path: str) -> np.ndarray:
   return np.asarray(Image.open(folder / f'{predict._stem(path)}_mask.png'))
 
 
+@pytest.mark.slow  # Compiles U-Net inference and Grad-CAM.
 def test_streamed_batches_write_the_bytes_of_the_per_image_path(tiny, tmp_path, capsys):
   model, variables, config = tiny
   paths = _scans(tmp_path / 'in')
@@ -206,6 +208,7 @@ def test_streamed_batches_write_the_bytes_of_the_per_image_path(tiny, tmp_path, 
   assert 0 < sum(m.sum() for m in masks) < sum(m.size for m in masks)
 
 
+@pytest.mark.slow  # Compiles U-Net inference and Grad-CAM.
 def test_batch_size_changes_no_mask(tiny, tmp_path):
   """Alone in a batch of 1 or packed into batches of 4, an image gets the same mask. XLA:CPU
   sums in another order for another batch shape, so CAMs agree to float32 rounding only."""
@@ -227,6 +230,7 @@ def test_batch_size_changes_no_mask(tiny, tmp_path):
 @pytest.mark.parametrize('cams, overlays, kinds', [
     (False, False, ['mask.png']), (True, False, ['mask.png', 'cam.npy']),
     (False, True, ['mask.png'])])  # The overlay shows the CAM: none without.
+@pytest.mark.slow  # Compiles U-Net inference and Grad-CAM.
 def test_opt_outs_skip_their_work(tiny, tmp_path, monkeypatch, cams, overlays, kinds):
   model, variables, config = tiny
   paths = _scans(tmp_path / 'in')
@@ -248,6 +252,7 @@ def test_opt_outs_skip_their_work(tiny, tmp_path, monkeypatch, cams, overlays, k
     assert _written_mask(out, path).tobytes() == (mask.astype(np.uint8) * 255).tobytes()
 
 
+@pytest.mark.slow  # Compiles U-Net inference and Grad-CAM.
 def test_predictions_csv_has_a_row_per_input_in_order(tiny, tmp_path):
   model, variables, config = tiny
   paths = _scans(tmp_path / 'in')
@@ -285,6 +290,7 @@ def test_predictions_csv_has_a_row_per_input_in_order(tiny, tmp_path):
         special.expit(np.mean(views)), abs=1e-6)
 
 
+@pytest.mark.slow  # Compiles U-Net inference and Grad-CAM.
 def test_second_run_compiles_nothing(setup, tmp_path, caplog):
   """One batch shape: the network and Grad-CAM compile once, not per batch or per run."""
   model, variables, config = setup
@@ -322,6 +328,7 @@ def _eval_batch(sizes, seed):
   return batch
 
 
+@pytest.mark.slow  # Compiles U-Net inference and Grad-CAM.
 def test_gradcam_split_scores_layers_and_draws(setup, tmp_path):
   model, variables, config = setup
   batches = [_eval_batch([(40, 50), (30, 36)], 1), _eval_batch([(20, 64)], 2)]

@@ -20,6 +20,8 @@ from configs import synthetic
 from unet_flax import checkpointing
 from unet_flax import train
 
+pytestmark = pytest.mark.slow  # Each test trains real runs in subprocesses (and kills them).
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 4 epochs of 4 steps; best/ can be written at every epoch, latest/ at epochs 2 and 4, so a
 # kill can fall between the two.

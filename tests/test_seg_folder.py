@@ -296,6 +296,7 @@ def test_tfds_build_of_a_user_folder(tmp_path):
 # --- The real data, when this machine has it. ---
 
 
+@pytest.mark.slow  # Reads the real BUS-BRA copy.
 def test_real_busbra_pairs_labels_and_patient_splits():
   if not REAL_BUSBRA.is_dir():
     pytest.skip(f'no real BUS-BRA copy at {REAL_BUSBRA}')

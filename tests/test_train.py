@@ -12,6 +12,8 @@ from unet_flax import model as model_lib
 from unet_flax import sharding
 from unet_flax import train
 
+pytestmark = pytest.mark.slow  # Compiles and runs U-Net train steps.
+
 
 def _config():
   config = synthetic.get_config()
