@@ -9,12 +9,12 @@ import os
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from unet_flax import checkpointing
 from unet_flax import imaging
 from unet_flax import metrics as metrics_lib
 from unet_flax import model as model_lib
+from unet_flax import progress
 from unet_flax import sharding
 from unet_flax import visualize
 
@@ -44,7 +44,7 @@ class Predictor:
   def probability_maps(self, variables, batches, desc: str):
     """Yields (image_id, label, lesion probability, truth, image) per image of `batches`
     (from `input_pipeline.eval_batches`), all at the image's original size."""
-    for batch in tqdm(batches, desc=desc, unit='batch', leave=False):
+    for batch in progress.progress_bar(batches, desc=desc, unit='batch', leave=False):
       logits = self.logits(variables, batch['image'])
       for i, logit in enumerate(logits):
         h, w = int(batch['orig_height'][i]), int(batch['orig_width'][i])

@@ -26,6 +26,7 @@ from data import scan_files
 from unet_flax import gradcam
 from unet_flax import imaging
 from unet_flax import model as model_lib
+from unet_flax import progress
 from unet_flax import visualize
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
@@ -287,7 +288,8 @@ def predict_files(model, variables, config, paths: list[str], output_dir: str,
   threshold, overlay = config.eval.threshold, overlays and cams
   batch_size = max(1, min(config.eval.batch_size, len(inputs)))
   read = functools.partial(_read, size=config.data.image_size, with_truth=overlay)
-  with (tqdm(total=len(listed), unit='image', disable=len(listed) <= batch_size) as bar,
+  with (progress.progress_bar(total=len(listed), unit='image',
+                             disable=len(listed) <= batch_size) as bar,
         futures.ThreadPoolExecutor(1) as reader, futures.ThreadPoolExecutor(1) as writer):
     outcomes = _Outcomes(bar)
     for path, reason in dropped:
@@ -327,7 +329,7 @@ def gradcam_split(model, variables, config, batches, output_dir: str,
   hits = {layer: [] for layer in layers}
   empty = 0
   shown = []  # (image id, image, truth, {layer: cam}) for the comparison figure.
-  for batch in tqdm(batches, desc='gradcam', unit='batch', leave=False):
+  for batch in progress.progress_bar(batches, desc='gradcam', unit='batch', leave=False):
     logits, _, results = _explain(model, variables, config, batch['image'], layers)
     for i, raw_id in enumerate(batch['image_id']):
       h, w = int(batch['orig_height'][i]), int(batch['orig_width'][i])

@@ -22,12 +22,12 @@ from absl import logging
 from flax.training import train_state
 from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
-from tqdm import tqdm
 
 from unet_flax import checkpointing
 from unet_flax import evaluate
 from unet_flax import losses
 from unet_flax import model as model_lib
+from unet_flax import progress as progress_lib
 from unet_flax import sharding
 from unet_flax import visualize
 
@@ -326,7 +326,8 @@ def _train_epoch(state: TrainState, p_train_step, batches, mesh, train_config,
       continue
     _stop_on_nonfinite(metrics, step)
     running.append(float(metrics['loss']))
-    progress.set_postfix(epoch=epoch + 1, loss=f'{np.mean(running[-20:]):.4f}')
+    progress.set_postfix(epoch=epoch + 1, loss=f'{np.mean(running[-20:]):.4f}',
+                         refresh=False)
     if step % train_config.log_every_steps == 0:
       log.write(step, epoch=epoch + 1, train_loss=float(np.mean(running[-20:])),
                 dice_loss=float(metrics['dice_loss']), bce_loss=float(metrics['bce_loss']),
@@ -346,9 +347,9 @@ def _fit(state: TrainState, config, mesh, train_input, steps_per_epoch: int, pre
   start_step = int(state.step)
   best = checkpoints.best_meta() or {}
   log = MetricsLog(workdir, start_step)
-  progress = tqdm(total=config.train.num_epochs * steps_per_epoch, initial=start_step,
-                  desc='train', unit='step', disable=jax.process_index() != 0,
-                  dynamic_ncols=True)
+  progress = progress_lib.progress_bar(
+      total=config.train.num_epochs * steps_per_epoch, initial=start_step, desc='train',
+      unit='step', disable=jax.process_index() != 0, dynamic_ncols=True)
   for epoch in range(start_step // steps_per_epoch, config.train.num_epochs):
     batches = itertools.islice(train_input.epoch(epoch), steps_per_epoch)
     state, scalars = _train_epoch(state, p_train_step, batches, mesh, config.train, log,
