@@ -10,6 +10,7 @@ def get_config():
   config.data.image_size = 64
   config.model.base_features = 8
   config.model.depth = 3
+  config.model.deep_supervision = 0  # Three side heads need depth >= 4.
   config.model.dropout = 0.0
   config.train.batch_size = 8
   config.train.num_epochs = 12

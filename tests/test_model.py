@@ -50,7 +50,7 @@ def test_unknown_norm_is_refused():
 def test_create_model_follows_config_and_half_precision():
   config = default.get_config()
   config.model.base_features = 8
-  config.model.depth = 2
+  config.model.update(depth=2, deep_supervision=0)
   model = model_lib.create_model(config.model, half_precision=True)
   assert (model.base_features, model.depth, model.dtype) == (8, 2, jnp.bfloat16)
   variables = model.init(jax.random.key(0), jnp.ones((1, 16, 16, 1)))
@@ -153,7 +153,7 @@ def test_attention_gate_weights_each_skip_pixel_as_the_additive_formula_says():
 def test_attention_gates_sit_on_the_skips_below_full_resolution_and_change_the_output():
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
   config = default.get_config().model
-  config.update(base_features=4, depth=3, attention_gates=True)
+  config.update(base_features=4, depth=3, deep_supervision=0, attention_gates=True)
   gated = model_lib.create_model(config)
   variables = model_lib.init_variables(gated, 0, 32)
   assert {n for n in variables['params'] if n.startswith('gate_')} == {'gate_1', 'gate_2'}
