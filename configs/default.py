@@ -55,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
   # '' = in proportion to their sizes. An epoch has as many batches as the datasets have
   # examples together.
   data.mix_weights = ''
+  # Share of the training examples drawn from the normal (lesion-free) scans of all datasets,
+  # whatever the mix; the lesion scans share the rest at `mix_weights`. 0 = the normal scans'
+  # natural share. A mix with a dataset that has none (BUS-BRA) dilutes them otherwise.
+  data.normal_fraction = 0.0
   data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets).
   data.image_size = 256
   data.include_normal_in_train = True  # Normal scans teach the net to predict "no lesion".

@@ -270,12 +270,16 @@ class TrainInput:
   """
 
   def __init__(self, raw_ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, *,
-               batch_size: int, seed: int):
+               batch_size: int, seed: int, scans: str = 'all'):
+    """`scans`: 'all' (without the normal ones if `data.include_normal_in_train` is off),
+    'lesion' or 'normal' (one side of a mix that fixes the normal scans' share)."""
     self._config = data_config
     self._batch_size = batch_size
     self._seed = seed
-    if not data_config.include_normal_in_train:
+    if scans == 'lesion' or (scans == 'all' and not data_config.include_normal_in_train):
       raw_ds = raw_ds.filter(lambda ex: ex['label'] != classes.NORMAL)
+    elif scans == 'normal':
+      raw_ds = raw_ds.filter(lambda ex: ex['label'] == classes.NORMAL)
     # The index travels with each example so its augmentation does not depend on the order.
     ds = raw_ds.enumerate().map(
         lambda i, ex: (i, _resize(ex, data_config.image_size)),
@@ -329,7 +333,7 @@ class MixedTrainInput:
   def __init__(self, inputs: Mapping[str, TrainInput], weights: Mapping[str, float], *,
                batch_size: int, seed: int):
     self._inputs = dict(inputs)
-    self._weights = [float(weights[name]) for name in self._inputs]
+    self.weights = {name: float(weights[name]) for name in self._inputs}
     self._batch_size = batch_size
     self._seed = seed
     self.num_examples = sum(train.num_examples for train in self._inputs.values())
@@ -338,10 +342,56 @@ class MixedTrainInput:
   def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
     """Like `TrainInput.epoch`: `image`, `mask` float32 (B, S, S, 1)."""
     streams = [train.stream(epoch) for train in self._inputs.values()]
-    ds = tf.data.Dataset.sample_from_datasets(streams, weights=self._weights,
+    ds = tf.data.Dataset.sample_from_datasets(streams, weights=list(self.weights.values()),
                                               seed=_epoch_seed(self._seed, epoch))
     ds = ds.batch(self._batch_size, drop_remainder=True).take(self.steps_per_epoch)
     return iter(_as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
+
+  def describe(self) -> str:
+    """'busi lesion (352 examples, weight 0.500), ...' for the training log."""
+    return ', '.join(f'{name} ({train.num_examples} examples, weight {self.weights[name]:.3f})'
+                     for name, train in self._inputs.items())
+
+
+def train_input(raw_splits: Mapping[str, tf.data.Dataset],
+                data_config: ml_collections.ConfigDict, *, batch_size: int,
+                seed: int) -> TrainInput | MixedTrainInput:
+  """The training batches of one dataset or of several mixed at `data.mix_weights`.
+
+  With `data.normal_fraction` set, the normal (lesion-free) scans of all datasets form their
+  own stream drawn at that share, and the datasets' lesion scans share the rest at their mix
+  weights. Why: the normal scans are what teaches the network that a scan can be empty; mixing
+  in a dataset without any (BUS-BRA) would otherwise dilute them with every example it adds.
+  """
+  names = list(raw_splits)
+  fraction = data_config.normal_fraction
+  if not fraction:
+    parts = {name: TrainInput(raw_splits[name], data_config, batch_size=batch_size,
+                              seed=seed + i) for i, name in enumerate(names)}
+    if len(parts) == 1:
+      return parts[names[0]]
+    return MixedTrainInput(
+        parts, mix_weights(data_config, {n: p.num_examples for n, p in parts.items()}),
+        batch_size=batch_size, seed=seed)
+  lesion = {name: TrainInput(raw_splits[name], data_config, batch_size=batch_size,
+                             seed=seed + i, scans='lesion') for i, name in enumerate(names)}
+  normal = {name: TrainInput(raw_splits[name], data_config, batch_size=batch_size,
+                             seed=seed + len(names) + i, scans='normal')
+            for i, name in enumerate(names)}
+  num_normal = sum(part.num_examples for part in normal.values())
+  if not num_normal:
+    raise ValueError(f'config.data.normal_fraction={fraction} but the training split of '
+                     f'{" + ".join(names)} has no normal scans. Set it to 0, or add a dataset '
+                     f'with lesion-free scans.')
+  lesion_weights = mix_weights(data_config, {n: p.num_examples for n, p in lesion.items()})
+  parts, weights = {}, {}
+  for name in names:
+    parts[f'{name} lesion'] = lesion[name]
+    weights[f'{name} lesion'] = (1 - fraction) * lesion_weights[name]
+    if normal[name].num_examples:
+      parts[f'{name} normal'] = normal[name]
+      weights[f'{name} normal'] = fraction * normal[name].num_examples / num_normal
+  return MixedTrainInput(parts, weights, batch_size=batch_size, seed=seed)
 
 
 def eval_batches(raw_ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, *,

@@ -195,6 +195,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f'2**model.depth = {factor}.')
   sharding.check_batch_size(config.train.batch_size)
   sharding.check_batch_size(config.eval.batch_size, 'eval.batch_size')
+  fraction = config.data.normal_fraction
+  if not 0 <= fraction < 1:
+    raise ValueError(f'config.data.normal_fraction={fraction} must be in [0, 1).')
+  if fraction and not config.data.include_normal_in_train:
+    raise ValueError(f'config.data.normal_fraction={fraction} asks for normal scans in '
+                     'training, but config.data.include_normal_in_train is off.')
 
 
 def _check_steps_per_epoch(steps_per_epoch: int, num_examples: int, batch_size: int) -> None:
@@ -210,30 +216,24 @@ def _training_data(config, input_pipeline, local_batch: int):
 
   Each process trains on its share of 'train' but evaluates the whole validation and test
   splits, so all compute the same metrics and take the same (collective) checkpoint steps.
-  Several datasets (`data.source='busi+busbra'`) are mixed at `data.mix_weights`.
+  Several datasets (`data.source='busi+busbra'`) are mixed at `data.mix_weights`, and
+  `data.normal_fraction` fixes the normal scans' share (`input_pipeline.train_input`).
   """
   names = input_pipeline.sources(config.data)
-  train_inputs, validation, test = {}, {}, {}
-  for offset, name in enumerate(names):
-    train_split = input_pipeline.load_split(config.data, 'train', source=name,
+  train, validation, test = {}, {}, {}
+  for name in names:
+    train[name] = input_pipeline.load_split(config.data, 'train', source=name,
                                             process_index=jax.process_index(),
                                             process_count=jax.process_count())
-    train_inputs[name] = input_pipeline.TrainInput(train_split, config.data,
-                                                   batch_size=local_batch,
-                                                   seed=config.seed + offset)
     validation[name] = input_pipeline.eval_batches(
         input_pipeline.load_split(config.data, 'validation', source=name), config.data,
         batch_size=config.eval.batch_size)
     test[name] = input_pipeline.load_split(config.data, 'test', source=name)
-  if len(names) == 1:
-    return train_inputs[names[0]], validation, test
-  weights = input_pipeline.mix_weights(
-      config.data, {name: train.num_examples for name, train in train_inputs.items()})
-  logging.info('Training on %s', ', '.join(
-      f'{name} ({train_inputs[name].num_examples} examples, weight {weights[name]:.3f})'
-      for name in names))
-  return input_pipeline.MixedTrainInput(train_inputs, weights, batch_size=local_batch,
-                                        seed=config.seed), validation, test
+  train_input = input_pipeline.train_input(train, config.data, batch_size=local_batch,
+                                           seed=config.seed)
+  if isinstance(train_input, input_pipeline.MixedTrainInput):
+    logging.info('Training on %s', train_input.describe())
+  return train_input, validation, test
 
 
 def validate(predictor, variables, validation_batches: dict, eval_config) -> dict:
