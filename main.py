@@ -22,6 +22,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+import configs
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration (configs/*.py).',
                                 lock_config=True)
@@ -114,10 +116,8 @@ def _parse_flags(argv):
     filename = FLAGS['config'].config_filename.split(':')[0]
     reason = ('no such file' if not os.path.exists(filename) else
               f'{type(e).__name__}: {" ".join(str(e).split())}')
-    shipped = sorted(name for name in os.listdir(os.path.join(ROOT, 'configs'))
-                     if name.endswith('.py') and not name.startswith('_'))
     sys.exit(f'FATAL Cannot load --config={filename} ({reason}). Shipped configs: '
-             f'{", ".join("configs/" + name for name in shipped)}.')
+             f'{", ".join(f"configs/{name}.py" for name in configs.shipped())}.')
   return argv
 
 

@@ -35,11 +35,10 @@ def _tfds_data_dir(data_config: ml_collections.ConfigDict) -> str:
 
 
 def is_built(data_config: ml_collections.ConfigDict) -> bool:
-  """Whether the BUSI TFDS build exists where the config points (no data is read)."""
-  busi = os.path.join(_tfds_data_dir(data_config), 'busi')
-  return os.path.isdir(busi) and any(
-      os.path.isfile(os.path.join(busi, version, 'dataset_info.json'))
-      for version in os.listdir(busi))
+  """Whether the BUSI TFDS build of this version exists where the config points (no data is
+  read, nothing is built)."""
+  from data import busi  # pylint: disable=g-import-not-at-top,unused-import  # Registers it.
+  return tfds.builder('busi', data_dir=_tfds_data_dir(data_config)).is_prepared()
 
 
 def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset:

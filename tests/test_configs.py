@@ -10,13 +10,12 @@ import os
 
 import pytest
 
+import configs
 from unet_flax import train
 
 pytestmark = pytest.mark.slow  # Compiles each config's full-width U-Net.
 
-SHIPPED = sorted(name[:-3] for name in os.listdir(
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs'))
-                 if name.endswith('.py') and not name.startswith('_'))
+SHIPPED = configs.shipped()
 
 
 def test_every_config_file_is_tested():

@@ -217,12 +217,14 @@ def test_busi_build_from_a_zip_path_is_sharded_over_processes(tmp_path):
   config.source = 'busi'
   config.tfds_data_dir = str(tmp_path / 'tfds')
   config.manual_dir = str(busi_fixtures.zip_tree(dataset, tmp_path / 'archive.zip'))
+  assert not input_pipeline.is_built(config)
   shards = [input_pipeline.load_split(config, 'train+validation+test', process_index=p,
                                       process_count=2) for p in range(2)]
   ids = [[b.decode() for batch in input_pipeline.eval_batches(shard, config, batch_size=4)
           for b in batch['image_id']] for shard in shards]
   assert abs(len(ids[0]) - len(ids[1])) <= 3  # Each of the three parts is split evenly.
   assert sorted(ids[0] + ids[1]) == sorted(e.image_id for e in busi_fixtures.default_spec(6))
+  assert input_pipeline.is_built(config)
   splits = {name: input_pipeline.load_split(config, name) for name in input_pipeline.SPLITS}
   assert sum(input_pipeline.count_examples(ds) for ds in splits.values()) == 18
   batch = next(iter(input_pipeline.eval_batches(splits['train'], config, batch_size=2)))
