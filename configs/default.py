@@ -57,7 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.mix_weights = ''
   # Share of the training examples drawn from the normal (lesion-free) scans of all datasets,
   # whatever the mix; the lesion scans share the rest at `mix_weights`. 0 = the normal scans'
-  # natural share. A mix with a dataset that has none (BUS-BRA) dilutes them otherwise.
+  # natural share. A mix with a dataset that has none (BUS-BRA) dilutes them otherwise; on
+  # BUSI + BUS-BRA, 0.25 did not help (docs/experiments.md, session 10).
   data.normal_fraction = 0.0
   data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets).
   data.image_size = 256

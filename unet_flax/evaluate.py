@@ -27,17 +27,19 @@ class Predictor:
   def __init__(self, model, mesh, batch_size: int, flip_tta: bool = False):
     sharding.check_batch_size(batch_size, 'eval.batch_size')
     self.mesh = mesh
+    self._batch_size = batch_size
     self._apply = jax.jit(
         functools.partial(model_lib.inference_logits, model, flip_tta=flip_tta),
         in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
         out_shardings=sharding.replicated(mesh))
 
   def logits(self, variables, images: np.ndarray) -> np.ndarray:
-    """(B, S, S) logits; a batch not divisible by the device count is padded, then cut.
+    """(B, S, S) logits; a short batch is padded to the batch size, then cut, so every batch
+    runs the same compiled program (a split's last batch would otherwise compile another).
 
     Every process passes the same whole batch; each device takes its slice of it.
     """
-    padded, n = sharding.pad_batch({'image': images}, jax.device_count())
+    padded, n = sharding.pad_batch({'image': images}, self._batch_size)
     images = sharding.global_batch(padded, self.mesh, same_on_all_processes=True)['image']
     return np.asarray(jax.device_get(self._apply(variables, images)))[:n]
 

@@ -1,0 +1,22 @@
+"""The Predictor that every evaluation, validation and threshold choice runs through."""
+import numpy as np
+
+from configs import default
+from unet_flax import evaluate
+from unet_flax import model as model_lib
+from unet_flax import sharding
+
+
+def test_a_short_last_batch_reuses_the_full_batch_program_and_keeps_its_logits():
+  config = default.get_config().model
+  config.update(base_features=4, depth=2, deep_supervision=0)
+  model = model_lib.create_model(config)
+  variables = model_lib.init_variables(model, 0, 32)
+  predictor = evaluate.Predictor(model, sharding.create_mesh(), batch_size=4, flip_tta=True)
+  images = np.random.default_rng(0).uniform(size=(4, 32, 32, 1)).astype(np.float32)
+  full = predictor.logits(variables, images)
+  short = predictor.logits(variables, images[:3])
+  assert full.shape == (4, 32, 32) and short.shape == (3, 32, 32)
+  np.testing.assert_allclose(short, full[:3], atol=1e-6)
+  assert predictor._apply._cache_size() == 1  # pylint: disable=protected-access
+  assert np.ptp(full) > 0  # Real logits, not a constant.
