@@ -363,20 +363,20 @@ def train_input(raw_splits: Mapping[str, tf.data.Dataset],
   in a dataset without any (BUS-BRA) would otherwise dilute them with every example it adds.
   """
   names = list(raw_splits)
+
+  def parts_of(scans: str, first_seed: int) -> dict[str, TrainInput]:
+    return {name: TrainInput(raw_splits[name], data_config, batch_size=batch_size,
+                             seed=first_seed + i, scans=scans) for i, name in enumerate(names)}
+
   fraction = data_config.normal_fraction
   if not fraction:
-    parts = {name: TrainInput(raw_splits[name], data_config, batch_size=batch_size,
-                              seed=seed + i) for i, name in enumerate(names)}
+    parts = parts_of('all', seed)
     if len(parts) == 1:
       return parts[names[0]]
     return MixedTrainInput(
         parts, mix_weights(data_config, {n: p.num_examples for n, p in parts.items()}),
         batch_size=batch_size, seed=seed)
-  lesion = {name: TrainInput(raw_splits[name], data_config, batch_size=batch_size,
-                             seed=seed + i, scans='lesion') for i, name in enumerate(names)}
-  normal = {name: TrainInput(raw_splits[name], data_config, batch_size=batch_size,
-                             seed=seed + len(names) + i, scans='normal')
-            for i, name in enumerate(names)}
+  lesion, normal = parts_of('lesion', seed), parts_of('normal', seed + len(names))
   num_normal = sum(part.num_examples for part in normal.values())
   if not num_normal:
     raise ValueError(f'config.data.normal_fraction={fraction} but the training split of '

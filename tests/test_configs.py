@@ -6,7 +6,6 @@ smallest size a depth-5 U-Net divides.
 """
 import importlib
 import json
-import os
 
 import pytest
 
