@@ -60,6 +60,10 @@ def get_config() -> ml_collections.ConfigDict:
   # natural share. A mix with a dataset that has none (BUS-BRA) dilutes them otherwise; on
   # BUSI + BUS-BRA, 0.25 did not help (docs/experiments.md, session 10).
   data.normal_fraction = 0.0
+  # Share of the training examples that are lesion-free crops of lesion scans: the largest
+  # strip beside, above or below the lesion, trained on as an empty scan (every dataset gives
+  # some, BUS-BRA included). 0 = off.
+  data.lesion_free_crops = 0.0
   data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets).
   data.image_size = 256
   data.include_normal_in_train = True  # Normal scans teach the net to predict "no lesion".

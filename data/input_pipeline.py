@@ -254,6 +254,43 @@ def _augment(example: dict[str, tf.Tensor], seed: tf.Tensor,
   return {'image': tf.clip_by_value(image, 0.0, 1.0), 'mask': mask}
 
 
+def lesion_free_crop(example: dict[str, tf.Tensor], margin: float = 0.05,
+                     min_aspect: float = 0.4) -> dict[str, tf.Tensor]:
+  """The largest strip of a lesion scan beside, above or below its lesions, as an empty scan.
+
+  Strips span the whole image on one side of the lesions' bounding box grown by `margin` of
+  the longer image side; a strip counts if its short side is at least `min_aspect` of its
+  long side (the aspect range of whole BUSI scans, which are also resized to a square).
+  Returns `image` (the strip), an all-zero `mask` and `valid` (False: no strip qualifies).
+  Why: these are real tissue from every scanner in the mix, lesion-like shadows and fat
+  lobules included, with nothing to find; BUS-BRA has no normal scans at all.
+  """
+  image, mask = example['image'], example['mask'][..., 0] > 0
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  grow = tf.cast(margin * tf.cast(tf.maximum(height, width), tf.float32), tf.int32)
+  rows = tf.cast(tf.where(tf.reduce_any(mask, axis=1))[:, 0], tf.int32)
+  cols = tf.cast(tf.where(tf.reduce_any(mask, axis=0))[:, 0], tf.int32)
+  top, bottom = rows[0] - grow, rows[-1] + grow + 1  # Lesion box rows: [top, bottom).
+  left, right = cols[0] - grow, cols[-1] + grow + 1
+  # (row offset, column offset, height, width) of the strips left, right, above and below.
+  strips = tf.stack([
+      tf.stack([0, 0, height, tf.maximum(left, 0)]),
+      tf.stack([0, tf.minimum(right, width), height, tf.maximum(width - right, 0)]),
+      tf.stack([0, 0, tf.maximum(top, 0), width]),
+      tf.stack([tf.minimum(bottom, height), 0, tf.maximum(height - bottom, 0), width])])
+  short = tf.minimum(strips[:, 2], strips[:, 3])
+  long = tf.maximum(strips[:, 2], strips[:, 3])
+  ok = (tf.cast(short, tf.float32) >= min_aspect * tf.cast(long, tf.float32)) & (short > 0)
+  best = tf.argmax(tf.where(ok, strips[:, 2] * strips[:, 3], -1))
+  y, x, h, w = tf.unstack(strips[best])
+  valid = ok[best]
+  # An invalid strip may be empty: crop one pixel instead (the example is filtered out).
+  h, w = tf.where(valid, h, 1), tf.where(valid, w, 1)
+  crop = image[y:y + h, x:x + w]
+  return {'image': crop, 'mask': tf.zeros_like(crop), 'valid': valid}
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
   """A well-mixed 31-bit seed that depends only on (seed, epoch)."""
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)
@@ -271,14 +308,18 @@ class TrainInput:
   def __init__(self, raw_ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, *,
                batch_size: int, seed: int, scans: str = 'all'):
     """`scans`: 'all' (without the normal ones if `data.include_normal_in_train` is off),
-    'lesion' or 'normal' (one side of a mix that fixes the normal scans' share)."""
+    'lesion' or 'normal' (one side of a mix that fixes the normal scans' share), or
+    'lesion_free_crops' (`lesion_free_crop` of every lesion scan that has one)."""
     self._config = data_config
     self._batch_size = batch_size
     self._seed = seed
-    if scans == 'lesion' or (scans == 'all' and not data_config.include_normal_in_train):
+    if scans in ('lesion', 'lesion_free_crops') or (
+        scans == 'all' and not data_config.include_normal_in_train):
       raw_ds = raw_ds.filter(lambda ex: ex['label'] != classes.NORMAL)
     elif scans == 'normal':
       raw_ds = raw_ds.filter(lambda ex: ex['label'] == classes.NORMAL)
+    if scans == 'lesion_free_crops':
+      raw_ds = raw_ds.map(lesion_free_crop).filter(lambda ex: ex['valid'])
     # The index travels with each example so its augmentation does not depend on the order.
     ds = raw_ds.enumerate().map(
         lambda i, ex: (i, _resize(ex, data_config.image_size)),
@@ -330,12 +371,14 @@ class MixedTrainInput:
   """
 
   def __init__(self, inputs: Mapping[str, TrainInput], weights: Mapping[str, float], *,
-               batch_size: int, seed: int):
+               batch_size: int, seed: int, num_examples: int | None = None):
+    """`num_examples`: an epoch's worth of examples; default: the inputs' sizes added up."""
     self._inputs = dict(inputs)
     self.weights = {name: float(weights[name]) for name in self._inputs}
     self._batch_size = batch_size
     self._seed = seed
-    self.num_examples = sum(train.num_examples for train in self._inputs.values())
+    self.num_examples = num_examples or sum(
+        train.num_examples for train in self._inputs.values())
     self.steps_per_epoch = self.num_examples // batch_size
 
   def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
@@ -361,6 +404,9 @@ def train_input(raw_splits: Mapping[str, tf.data.Dataset],
   own stream drawn at that share, and the datasets' lesion scans share the rest at their mix
   weights. Why: the normal scans are what teaches the network that a scan can be empty; mixing
   in a dataset without any (BUS-BRA) would otherwise dilute them with every example it adds.
+  With `data.lesion_free_crops` set, that share of the stream is `lesion_free_crop`s of the
+  lesion scans (each dataset in proportion to its crops) and everything else is scaled down
+  to the rest; an epoch stays as long as the scans alone make it.
   """
   names = list(raw_splits)
 
@@ -371,26 +417,39 @@ def train_input(raw_splits: Mapping[str, tf.data.Dataset],
   fraction = data_config.normal_fraction
   if not fraction:
     parts = parts_of('all', seed)
-    if len(parts) == 1:
-      return parts[names[0]]
-    return MixedTrainInput(
-        parts, mix_weights(data_config, {n: p.num_examples for n, p in parts.items()}),
-        batch_size=batch_size, seed=seed)
-  lesion, normal = parts_of('lesion', seed), parts_of('normal', seed + len(names))
-  num_normal = sum(part.num_examples for part in normal.values())
-  if not num_normal:
-    raise ValueError(f'config.data.normal_fraction={fraction} but the training split of '
-                     f'{" + ".join(names)} has no normal scans. Set it to 0, or add a dataset '
-                     f'with lesion-free scans.')
-  lesion_weights = mix_weights(data_config, {n: p.num_examples for n, p in lesion.items()})
-  parts, weights = {}, {}
-  for name in names:
-    parts[f'{name} lesion'] = lesion[name]
-    weights[f'{name} lesion'] = (1 - fraction) * lesion_weights[name]
-    if normal[name].num_examples:
-      parts[f'{name} normal'] = normal[name]
-      weights[f'{name} normal'] = fraction * normal[name].num_examples / num_normal
-  return MixedTrainInput(parts, weights, batch_size=batch_size, seed=seed)
+    weights = mix_weights(data_config, {n: p.num_examples for n, p in parts.items()})
+  else:
+    lesion, normal = parts_of('lesion', seed), parts_of('normal', seed + len(names))
+    num_normal = sum(part.num_examples for part in normal.values())
+    if not num_normal:
+      raise ValueError(f'config.data.normal_fraction={fraction} but the training split of '
+                       f'{" + ".join(names)} has no normal scans. Set it to 0, or add a '
+                       f'dataset with lesion-free scans.')
+    lesion_weights = mix_weights(data_config, {n: p.num_examples for n, p in lesion.items()})
+    parts, weights = {}, {}
+    for name in names:
+      parts[f'{name} lesion'] = lesion[name]
+      weights[f'{name} lesion'] = (1 - fraction) * lesion_weights[name]
+      if normal[name].num_examples:
+        parts[f'{name} normal'] = normal[name]
+        weights[f'{name} normal'] = fraction * normal[name].num_examples / num_normal
+  num_scans = sum(part.num_examples for part in parts.values())
+  crop_share = data_config.lesion_free_crops
+  if crop_share:
+    crops = parts_of('lesion_free_crops', seed + 2 * len(names))
+    num_crops = sum(part.num_examples for part in crops.values())
+    if not num_crops:
+      raise ValueError(f'config.data.lesion_free_crops={crop_share} but no lesion scan in the '
+                       f'training split of {" + ".join(names)} has a lesion-free strip.')
+    weights = {part: (1 - crop_share) * weight for part, weight in weights.items()}
+    for name, part in crops.items():
+      if part.num_examples:
+        parts[f'{name} lesion-free crops'] = part
+        weights[f'{name} lesion-free crops'] = crop_share * part.num_examples / num_crops
+  if len(parts) == 1:
+    return next(iter(parts.values()))
+  return MixedTrainInput(parts, weights, batch_size=batch_size, seed=seed,
+                         num_examples=num_scans)
 
 
 def eval_batches(raw_ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, *,

@@ -305,6 +305,38 @@ def test_normal_fraction_needs_normal_scans_and_is_off_by_default_for_one_datase
     input_pipeline.train_input(raw, config, batch_size=8, seed=0)
 
 
+def test_lesion_free_crop_is_the_largest_well_shaped_strip_outside_the_grown_lesion_box():
+  height, width = 100, 200
+  mask = np.zeros((height, width, 1), np.uint8)
+  mask[40:60, 20:50] = 1  # Grown by 5 % of 200 = 10 px: rows [30, 70), columns [10, 60).
+  image = np.broadcast_to(np.arange(width, dtype=np.uint8)[None, :, None], mask.shape)
+  crop = input_pipeline.lesion_free_crop({'image': tf.constant(image),
+                                          'mask': tf.constant(mask)})
+  # Left (10 x 100), above and below (30 x 200) are too thin; right is 140 x 100.
+  assert bool(crop['valid'])
+  np.testing.assert_array_equal(crop['image'].numpy(), image[:, 60:])
+  assert not crop['mask'].numpy().any()
+  everywhere = np.ones_like(mask)
+  assert not bool(input_pipeline.lesion_free_crop({'image': tf.constant(image),
+                                                   'mask': tf.constant(everywhere)})['valid'])
+
+
+def test_lesion_free_crops_take_their_share_without_lengthening_the_epoch():
+  config = _config(enabled=False)
+  raw = {'busi': _raw(_bright_lesion_examples(30)),
+         'busbra': _raw(_bright_lesion_examples(20, seed=1))}
+  assert _dark_share(input_pipeline.train_input(raw, config, batch_size=8, seed=0), 2) == 0
+  config.lesion_free_crops = 0.5
+  mixed = input_pipeline.train_input(raw, config, batch_size=8, seed=0)
+  assert (mixed.num_examples, mixed.steps_per_epoch) == (50, 6)
+  crops = {name: weight for name, weight in mixed.weights.items() if 'crops' in name}
+  assert set(crops) == {'busi lesion-free crops', 'busbra lesion-free crops'}
+  assert sum(crops.values()) == pytest.approx(0.5)
+  assert sum(mixed.weights.values()) == pytest.approx(1.0)
+  # The crops are the only dark examples: the bright scans' lesion box is cut away.
+  assert 0.38 < _dark_share(mixed, 4) < 0.62
+
+
 def test_mix_weights_default_to_dataset_sizes_and_must_name_every_dataset():
   config = _config()
   assert input_pipeline.mix_weights(config, {'busi': 30, 'busbra': 90}) == {

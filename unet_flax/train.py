@@ -198,6 +198,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   fraction = config.data.normal_fraction
   if not 0 <= fraction < 1:
     raise ValueError(f'config.data.normal_fraction={fraction} must be in [0, 1).')
+  crops = config.data.lesion_free_crops
+  if not 0 <= crops < 1:
+    raise ValueError(f'config.data.lesion_free_crops={crops} must be in [0, 1).')
   if fraction and not config.data.include_normal_in_train:
     raise ValueError(f'config.data.normal_fraction={fraction} asks for normal scans in '
                      'training, but config.data.include_normal_in_train is off.')
