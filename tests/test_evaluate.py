@@ -20,3 +20,12 @@ def test_a_short_last_batch_reuses_the_full_batch_program_and_keeps_its_logits()
   np.testing.assert_allclose(short, full[:3], atol=1e-6)
   assert predictor._apply._cache_size() == 1  # pylint: disable=protected-access
   assert np.ptp(full) > 0  # Real logits, not a constant.
+
+
+def test_protocol_note_says_whether_the_threshold_was_chosen_on_validation():
+  best = {'epoch': 18, 'val_all_images_dice': 0.8014}
+  assert evaluate.best_note(best).endswith("eval.threshold, not chosen on validation")
+  chosen = evaluate.best_note({**best, 'threshold': 0.4, 'val_all_images_dice_by_threshold': {
+      '0.3': 0.79, '0.4': 0.8014}})
+  assert 'threshold 0.4 chosen on validation all-image Dice 0.8014 among 0.3: 0.7900' in chosen
+  assert 'not chosen' not in chosen

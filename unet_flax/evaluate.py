@@ -114,6 +114,8 @@ def best_note(best: dict) -> str:
     note += (f"; threshold {best['threshold']} chosen on validation all-image Dice "
              f"{by_threshold[str(best['threshold'])]:.4f} among " +
              ', '.join(f'{t}: {d:.4f}' for t, d in by_threshold.items()))
+  else:  # No candidates configured, or the run stopped before its threshold choice.
+    note += '; threshold: the config\'s eval.threshold, not chosen on validation'
   return note
 
 
