@@ -18,6 +18,7 @@ tf.config.set_visible_devices([], 'GPU')
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+from data import augment  # pylint: disable=g-import-not-at-top
 from data import classes  # pylint: disable=g-import-not-at-top
 from data import provenance  # pylint: disable=g-import-not-at-top
 from data import synthetic  # pylint: disable=g-import-not-at-top
@@ -206,91 +207,6 @@ def _resize(example: dict[str, tf.Tensor], size: int) -> dict[str, tf.Tensor]:
   return {'image': tf.clip_by_value(image, 0.0, 1.0), 'mask': tf.cast(mask, tf.float32)}
 
 
-def _affine(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor,
-            aug: ml_collections.ConfigDict) -> tuple[tf.Tensor, tf.Tensor]:
-  """The same random rotation/scale/shift for image (bilinear) and mask (nearest)."""
-  size = tf.cast(tf.shape(image)[0], tf.float32)
-  u = tf.random.stateless_uniform((4,), seed, minval=-1.0, maxval=1.0)
-  angle = u[0] * aug.max_rotation_deg * np.pi / 180
-  scale = 1.0 + u[1] * aug.max_scale
-  shift = u[2:] * aug.max_shift * size
-  # Output pixel -> input pixel: inverse rotation and zoom about the centre, then the shift.
-  cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-  c = (size - 1) / 2
-  transform = tf.stack([
-      cos, sin, c - cos * (c + shift[0]) - sin * (c + shift[1]),
-      -sin, cos, c + sin * (c + shift[0]) - cos * (c + shift[1]),
-      0.0, 0.0])[None]
-
-  def warp(x, interpolation):
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=x[None], transforms=transform, output_shape=tf.shape(x)[:2],
-        fill_value=0.0, interpolation=interpolation, fill_mode='CONSTANT')[0]
-
-  return warp(image, 'BILINEAR'), warp(mask, 'NEAREST')
-
-
-def _augment(example: dict[str, tf.Tensor], seed: tf.Tensor,
-             aug: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
-  """Geometric (shared by image and mask) and ultrasound-like photometric jitter."""
-  seeds = tf.random.split(seed, 6)
-  image, mask = example['image'], example['mask']
-  flip = tf.random.stateless_uniform((2,), seeds[0]) < 0.5
-  if aug.flip_left_right:
-    image, mask = tf.cond(flip[0], lambda: (image[:, ::-1], mask[:, ::-1]),
-                          lambda: (image, mask))
-  if aug.flip_up_down:
-    image, mask = tf.cond(flip[1], lambda: (image[::-1], mask[::-1]), lambda: (image, mask))
-  if aug.max_rotation_deg or aug.max_scale or aug.max_shift:
-    image, mask = _affine(image, mask, seeds[1], aug)
-  u = tf.random.stateless_uniform((3,), seeds[2], minval=-1.0, maxval=1.0)
-  # image ** gamma, written as exp(gamma * log(image)): 3x faster on CPU; log(0) -> 0 still.
-  image = tf.exp(tf.exp(u[0] * aug.gamma) * tf.math.log(image))
-  image = (image - tf.reduce_mean(image)) * (1 + u[1] * aug.contrast) + tf.reduce_mean(image)
-  image += u[2] * aug.brightness
-  if aug.speckle_std:
-    noise = tf.random.stateless_normal(tf.shape(image), seeds[3], stddev=aug.speckle_std)
-    image *= tf.maximum(1.0 + noise, 0.0)
-  return {'image': tf.clip_by_value(image, 0.0, 1.0), 'mask': mask}
-
-
-def lesion_free_crop(example: dict[str, tf.Tensor], margin: float = 0.05,
-                     min_aspect: float = 0.4) -> dict[str, tf.Tensor]:
-  """The largest strip of a lesion scan beside, above or below its lesions, as an empty scan.
-
-  Strips span the whole image on one side of the lesions' bounding box grown by `margin` of
-  the longer image side; a strip counts if its short side is at least `min_aspect` of its
-  long side (the aspect range of whole BUSI scans, which are also resized to a square).
-  Returns `image` (the strip), an all-zero `mask` and `valid` (False: no strip qualifies).
-  Why: these are real tissue from every scanner in the mix, lesion-like shadows and fat
-  lobules included, with nothing to find; BUS-BRA has no normal scans at all.
-  """
-  image, mask = example['image'], example['mask'][..., 0] > 0
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
-  grow = tf.cast(margin * tf.cast(tf.maximum(height, width), tf.float32), tf.int32)
-  rows = tf.cast(tf.where(tf.reduce_any(mask, axis=1))[:, 0], tf.int32)
-  cols = tf.cast(tf.where(tf.reduce_any(mask, axis=0))[:, 0], tf.int32)
-  top, bottom = rows[0] - grow, rows[-1] + grow + 1  # Lesion box rows: [top, bottom).
-  left, right = cols[0] - grow, cols[-1] + grow + 1
-  # (row offset, column offset, height, width) of the strips left, right, above and below.
-  strips = tf.stack([
-      tf.stack([0, 0, height, tf.maximum(left, 0)]),
-      tf.stack([0, tf.minimum(right, width), height, tf.maximum(width - right, 0)]),
-      tf.stack([0, 0, tf.maximum(top, 0), width]),
-      tf.stack([tf.minimum(bottom, height), 0, tf.maximum(height - bottom, 0), width])])
-  short = tf.minimum(strips[:, 2], strips[:, 3])
-  long = tf.maximum(strips[:, 2], strips[:, 3])
-  ok = (tf.cast(short, tf.float32) >= min_aspect * tf.cast(long, tf.float32)) & (short > 0)
-  best = tf.argmax(tf.where(ok, strips[:, 2] * strips[:, 3], -1))
-  y, x, h, w = tf.unstack(strips[best])
-  valid = ok[best]
-  # An invalid strip may be empty: crop one pixel instead (the example is filtered out).
-  h, w = tf.where(valid, h, 1), tf.where(valid, w, 1)
-  crop = image[y:y + h, x:x + w]
-  return {'image': crop, 'mask': tf.zeros_like(crop), 'valid': valid}
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
   """A well-mixed 31-bit seed that depends only on (seed, epoch)."""
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)
@@ -309,7 +225,7 @@ class TrainInput:
                batch_size: int, seed: int, scans: str = 'all'):
     """`scans`: 'all' (without the normal ones if `data.include_normal_in_train` is off),
     'lesion' or 'normal' (one side of a mix that fixes the normal scans' share), or
-    'lesion_free_crops' (`lesion_free_crop` of every lesion scan that has one)."""
+    'lesion_free_crops' (`augment.lesion_free_crop` of every lesion scan that has one)."""
     self._config = data_config
     self._batch_size = batch_size
     self._seed = seed
@@ -319,7 +235,7 @@ class TrainInput:
     elif scans == 'normal':
       raw_ds = raw_ds.filter(lambda ex: ex['label'] == classes.NORMAL)
     if scans == 'lesion_free_crops':
-      raw_ds = raw_ds.map(lesion_free_crop).filter(lambda ex: ex['valid'])
+      raw_ds = raw_ds.map(augment.lesion_free_crop).filter(lambda ex: ex['valid'])
     # The index travels with each example so its augmentation does not depend on the order.
     ds = raw_ds.enumerate().map(
         lambda i, ex: (i, _resize(ex, data_config.image_size)),
@@ -335,10 +251,10 @@ class TrainInput:
       return ds.map(lambda index, example: example)
 
     @tf.autograph.experimental.do_not_convert  # Plain TF ops; silences AutoGraph warnings.
-    def augment(index, example):
-      return _augment(example, tf.stack([seed, index]), aug)
+    def vary(index, example):
+      return augment.augment(example, tf.stack([seed, index]), aug)
 
-    return ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(vary, num_parallel_calls=tf.data.AUTOTUNE)
 
   def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
     """One epoch: `image`, `mask` float32 (B, S, S, 1); incomplete last batch dropped."""
@@ -404,7 +320,7 @@ def train_input(raw_splits: Mapping[str, tf.data.Dataset],
   own stream drawn at that share, and the datasets' lesion scans share the rest at their mix
   weights. Why: the normal scans are what teaches the network that a scan can be empty; mixing
   in a dataset without any (BUS-BRA) would otherwise dilute them with every example it adds.
-  With `data.lesion_free_crops` set, that share of the stream is `lesion_free_crop`s of the
+  With `data.lesion_free_crops` set, that share of the stream is `augment.lesion_free_crop`s of the
   lesion scans (each dataset in proportion to its crops) and everything else is scaled down
   to the rest; an epoch stays as long as the scans alone make it.
   """

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 import busi_fixtures
 from configs import default
+from data import augment
 from data import input_pipeline
 from data import synthetic
 from unet_flax import imaging
@@ -310,14 +311,14 @@ def test_lesion_free_crop_is_the_largest_well_shaped_strip_outside_the_grown_les
   mask = np.zeros((height, width, 1), np.uint8)
   mask[40:60, 20:50] = 1  # Grown by 5 % of 200 = 10 px: rows [30, 70), columns [10, 60).
   image = np.broadcast_to(np.arange(width, dtype=np.uint8)[None, :, None], mask.shape)
-  crop = input_pipeline.lesion_free_crop({'image': tf.constant(image),
+  crop = augment.lesion_free_crop({'image': tf.constant(image),
                                           'mask': tf.constant(mask)})
   # Left (10 x 100), above and below (30 x 200) are too thin; right is 140 x 100.
   assert bool(crop['valid'])
   np.testing.assert_array_equal(crop['image'].numpy(), image[:, 60:])
   assert not crop['mask'].numpy().any()
   everywhere = np.ones_like(mask)
-  assert not bool(input_pipeline.lesion_free_crop({'image': tf.constant(image),
+  assert not bool(augment.lesion_free_crop({'image': tf.constant(image),
                                                    'mask': tf.constant(everywhere)})['valid'])
 
 
