@@ -8,7 +8,6 @@ import tensorflow as tf
 
 import busi_fixtures
 from configs import default
-from data import augment
 from data import input_pipeline
 from data import synthetic
 from unet_flax import imaging
@@ -304,22 +303,6 @@ def test_normal_fraction_needs_normal_scans_and_is_off_by_default_for_one_datase
   config.normal_fraction = 0.2
   with pytest.raises(ValueError, match='busbra has no normal scans'):
     input_pipeline.train_input(raw, config, batch_size=8, seed=0)
-
-
-def test_lesion_free_crop_is_the_largest_well_shaped_strip_outside_the_grown_lesion_box():
-  height, width = 100, 200
-  mask = np.zeros((height, width, 1), np.uint8)
-  mask[40:60, 20:50] = 1  # Grown by 5 % of 200 = 10 px: rows [30, 70), columns [10, 60).
-  image = np.broadcast_to(np.arange(width, dtype=np.uint8)[None, :, None], mask.shape)
-  crop = augment.lesion_free_crop({'image': tf.constant(image),
-                                          'mask': tf.constant(mask)})
-  # Left (10 x 100), above and below (30 x 200) are too thin; right is 140 x 100.
-  assert bool(crop['valid'])
-  np.testing.assert_array_equal(crop['image'].numpy(), image[:, 60:])
-  assert not crop['mask'].numpy().any()
-  everywhere = np.ones_like(mask)
-  assert not bool(augment.lesion_free_crop({'image': tf.constant(image),
-                                                   'mask': tf.constant(everywhere)})['valid'])
 
 
 def test_lesion_free_crops_take_their_share_without_lengthening_the_epoch():
