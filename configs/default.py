@@ -62,7 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.normal_fraction = 0.0
   # Share of the training examples that are lesion-free crops of lesion scans: the largest
   # strip beside, above or below the lesion, trained on as an empty scan (every dataset gives
-  # some, BUS-BRA included). 0 = off.
+  # some, BUS-BRA included). 0 = off. On BUSI (+ BUS-BRA), 0.2 cleared unseen strips but not
+  # unseen normal scans (docs/experiments.md, session 11).
   data.lesion_free_crops = 0.0
   data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets).
   data.image_size = 256
