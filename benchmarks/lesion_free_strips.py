@@ -2,7 +2,7 @@
 
 A split has few normal scans (BUSI's validation: 21; BUS-BRA: none), too few to see a model's
 false positives. Every lesion scan also holds lesion-free tissue: its largest strip beside,
-above or below the lesion (`augment.lesion_free_crop`). This scores those strips as normal
+above or below the lesion (`augment.lesion_free_strips`). This scores those strips as normal
 scans, with the workdir's checkpoint, threshold and evaluation protocol (original resolution,
 `eval.min_lesion_area`), beside the split's real normal scans. Prints one JSON line per dataset.
 
@@ -19,16 +19,6 @@ from unet_flax import evaluate
 from unet_flax import sharding
 
 
-def lesion_free_strips(raw_ds):
-  """The lesion scans' lesion-free strips, as normal scans (empty mask, label normal)."""
-  def as_normal_scan(example):
-    crop = augment.lesion_free_crop(example)
-    return {**example, **crop, 'label': classes.NORMAL}
-
-  return (raw_ds.filter(lambda ex: ex['label'] != classes.NORMAL).map(as_normal_scan)
-          .filter(lambda ex: ex['valid']))
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True, help='A trained workdir.')
@@ -42,7 +32,7 @@ def main():
     raw = input_pipeline.load_split(config.data, args.split, source=source)
     result = {'workdir': args.workdir, 'dataset': source, 'split': args.split,
               'threshold': config.eval.threshold}
-    for name, scans in (('lesion_free_strips', lesion_free_strips(raw)),
+    for name, scans in (('lesion_free_strips', augment.lesion_free_strips(raw)),
                         ('normal_scans', raw.filter(lambda ex: ex['label'] == classes.NORMAL))):
       batches = input_pipeline.eval_batches(scans, config.data,
                                             batch_size=config.eval.batch_size)

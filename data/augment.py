@@ -7,6 +7,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from data import classes
+
 
 def _affine(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor,
             aug: ml_collections.ConfigDict) -> tuple[tf.Tensor, tf.Tensor]:
@@ -63,7 +65,8 @@ def lesion_free_crop(example: dict[str, tf.Tensor], margin: float = 0.05,
   Strips span the whole image on one side of the lesions' bounding box grown by `margin` of
   the longer image side; a strip counts if its short side is at least `min_aspect` of its
   long side (the aspect range of whole BUSI scans, which are also resized to a square).
-  Returns `image` (the strip), an all-zero `mask` and `valid` (False: no strip qualifies).
+  Returns the example as a normal scan: `image` the strip, an all-zero `mask`, `label`
+  normal, and `valid` (False: no strip qualifies).
   Why: these are real tissue from every scanner in the mix, lesion-like shadows and fat
   lobules included, with nothing to find; BUS-BRA has no normal scans at all.
   """
@@ -90,4 +93,12 @@ def lesion_free_crop(example: dict[str, tf.Tensor], margin: float = 0.05,
   # An invalid strip may be empty: crop one pixel instead (the example is filtered out).
   h, w = tf.where(valid, h, 1), tf.where(valid, w, 1)
   crop = image[y:y + h, x:x + w]
-  return {'image': crop, 'mask': tf.zeros_like(crop), 'valid': valid}
+  return {**example, 'image': crop, 'mask': tf.zeros_like(crop),
+          'label': tf.constant(classes.NORMAL, tf.int64), 'valid': valid}
+
+
+def lesion_free_strips(raw_ds: tf.data.Dataset) -> tf.data.Dataset:
+  """`lesion_free_crop` of every lesion scan of `raw_ds` that has one (normal scans have no
+  lesion to cut away): what training mixes in, and what benchmarks/lesion_free_strips scores."""
+  return (raw_ds.filter(lambda ex: ex['label'] != classes.NORMAL).map(lesion_free_crop)
+          .filter(lambda ex: ex['valid']))

@@ -225,17 +225,16 @@ class TrainInput:
                batch_size: int, seed: int, scans: str = 'all'):
     """`scans`: 'all' (without the normal ones if `data.include_normal_in_train` is off),
     'lesion' or 'normal' (one side of a mix that fixes the normal scans' share), or
-    'lesion_free_crops' (`augment.lesion_free_crop` of every lesion scan that has one)."""
+    'lesion_free_crops' (`augment.lesion_free_strips`)."""
     self._config = data_config
     self._batch_size = batch_size
     self._seed = seed
-    if scans in ('lesion', 'lesion_free_crops') or (
-        scans == 'all' and not data_config.include_normal_in_train):
+    if scans == 'lesion' or (scans == 'all' and not data_config.include_normal_in_train):
       raw_ds = raw_ds.filter(lambda ex: ex['label'] != classes.NORMAL)
     elif scans == 'normal':
       raw_ds = raw_ds.filter(lambda ex: ex['label'] == classes.NORMAL)
-    if scans == 'lesion_free_crops':
-      raw_ds = raw_ds.map(augment.lesion_free_crop).filter(lambda ex: ex['valid'])
+    elif scans == 'lesion_free_crops':
+      raw_ds = augment.lesion_free_strips(raw_ds)
     # The index travels with each example so its augmentation does not depend on the order.
     ds = raw_ds.enumerate().map(
         lambda i, ex: (i, _resize(ex, data_config.image_size)),
@@ -320,9 +319,9 @@ def train_input(raw_splits: Mapping[str, tf.data.Dataset],
   own stream drawn at that share, and the datasets' lesion scans share the rest at their mix
   weights. Why: the normal scans are what teaches the network that a scan can be empty; mixing
   in a dataset without any (BUS-BRA) would otherwise dilute them with every example it adds.
-  With `data.lesion_free_crops` set, that share of the stream is `augment.lesion_free_crop`s of the
-  lesion scans (each dataset in proportion to its crops) and everything else is scaled down
-  to the rest; an epoch stays as long as the scans alone make it.
+  With `data.lesion_free_crops` set, that share of the stream is the lesion scans'
+  `augment.lesion_free_strips` (each dataset in proportion to its strips) and everything else
+  is scaled down to the rest; an epoch stays as long as the scans alone make it.
   """
   names = list(raw_splits)
 

@@ -2,7 +2,6 @@
 import numpy as np
 import tensorflow as tf
 
-from benchmarks import lesion_free_strips
 from data import augment
 from data import classes
 from data import synthetic
@@ -13,15 +12,14 @@ def test_lesion_free_crop_is_the_largest_well_shaped_strip_outside_the_grown_les
   mask = np.zeros((height, width, 1), np.uint8)
   mask[40:60, 20:50] = 1  # Grown by 5 % of 200 = 10 px: rows [30, 70), columns [10, 60).
   image = np.broadcast_to(np.arange(width, dtype=np.uint8)[None, :, None], mask.shape)
-  crop = augment.lesion_free_crop({'image': tf.constant(image),
-                                          'mask': tf.constant(mask)})
+  crop = augment.lesion_free_crop({'image': tf.constant(image), 'mask': tf.constant(mask)})
   # Left (10 x 100), above and below (30 x 200) are too thin; right is 140 x 100.
   assert bool(crop['valid'])
   np.testing.assert_array_equal(crop['image'].numpy(), image[:, 60:])
   assert not crop['mask'].numpy().any()
   everywhere = np.ones_like(mask)
   assert not bool(augment.lesion_free_crop({'image': tf.constant(image),
-                                                   'mask': tf.constant(everywhere)})['valid'])
+                                            'mask': tf.constant(everywhere)})['valid'])
 
 
 def test_strips_of_a_split_are_its_lesion_scans_turned_normal():
@@ -35,7 +33,7 @@ def test_strips_of_a_split_are_its_lesion_scans_turned_normal():
   examples = [scan(0, True), scan(1, True), scan(classes.NORMAL, False)]
   raw = tf.data.Dataset.from_generator(lambda: iter(examples),
                                        output_signature=synthetic.output_signature())
-  strips = list(lesion_free_strips.lesion_free_strips(raw).as_numpy_iterator())
+  strips = list(augment.lesion_free_strips(raw).as_numpy_iterator())
   assert len(strips) == 2  # The normal scan has no lesion to cut away.
   for strip in strips:
     assert strip['label'] == classes.NORMAL
