@@ -4,7 +4,8 @@ A split has few normal scans (BUSI's validation: 21; BUS-BRA: none), too few to 
 false positives. Every lesion scan also holds lesion-free tissue: its largest strip beside,
 above or below the lesion (`augment.lesion_free_strips`). This scores those strips as normal
 scans, with the workdir's checkpoint, threshold and evaluation protocol (original resolution,
-`eval.min_lesion_area`), beside the split's real normal scans. Prints one JSON line per dataset.
+`eval.min_lesion_fraction`), beside the split's real normal scans. Prints one JSON line per
+dataset.
 
   python -m benchmarks.lesion_free_strips --workdir=runs/mixed --split=validation
 """

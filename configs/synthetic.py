@@ -20,5 +20,4 @@ def get_config():
   config.train.eval_every_epochs = 3
   config.train.checkpoint_every_epochs = 3
   config.eval.batch_size = 8
-  config.eval.min_lesion_area = 16
   return config

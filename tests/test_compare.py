@@ -67,8 +67,8 @@ def test_normal_empty_rate_is_paired_over_normal_images():
   normal_a = [dataclasses.replace(s, pred_area=a) for s, a in
               zip(_scores([math.nan] * 4, 'normal', metrics.NORMAL), (0, 10, 100, 0))]
   normal_b = [dataclasses.replace(s, pred_area=a) for s, a in zip(normal_a, (500, 10, 100, 0))]
-  result = compare.paired_empty_rate(lesion + normal_a, lesion + normal_b, min_lesion_area=64)
-  assert result['n'] == 4 and result['rate_a'] == 0.75 and result['rate_b'] == 0.5
+  result = compare.paired_empty_rate(lesion + normal_a, lesion + normal_b)
+  assert result['n'] == 4 and result['rate_a'] == 0.5 and result['rate_b'] == 0.25
   assert result['difference'] == 0.25
   assert 0.0 <= result['ci95'][0] <= 0.25 <= result['ci95'][1] <= 1.0
 
@@ -100,12 +100,12 @@ def test_compare_reports_and_its_text(tmp_path):
   for name, seed in (('a', 0), ('b', 1)):
     (tmp_path / name).mkdir()
     metrics.write_per_image_csv(_masks_scored(seed), tmp_path / name / 'per_image.csv')
-  result = compare.compare_reports(tmp_path / 'a', tmp_path / 'b', min_lesion_area=64)
+  result = compare.compare_reports(tmp_path / 'a', tmp_path / 'b')
   assert result['dice']['n'] == 9 and result['normal_empty']['n'] == 3
   assert result['hd95']['n'] == 8  # Image 5 (malignant) has an empty prediction.
   text = compare.format_comparison(result, 'crop', 'base')
   assert text.startswith('Dice (lesion images, n=9): crop ')
-  assert 'crop-base' in text and 'Normal scans predicted empty (< 64 px, n=3)' in text
+  assert 'crop-base' in text and 'Normal scans predicted empty (n=3)' in text
   assert compare.compare_reports(tmp_path / 'a', tmp_path / 'a')['dice']['ci95'] == [0.0, 0.0]
 
 

@@ -93,3 +93,28 @@ def test_lesion_probability_is_the_sigmoid_of_upsampled_logits():
   np.testing.assert_allclose(probability, 1 / (1 + np.exp(-imaging.resize_map(logits, 6, 8))),
                              rtol=1e-6)
   assert probability[0, 0] < 0.05 and probability[0, -1] > 0.95
+
+
+def test_specks_under_the_fraction_go_and_lesions_stay():
+  mask = np.zeros((100, 100), bool)
+  mask[10:20, 10:20] = True  # 100 px: a lesion.
+  mask[50:53, 50:53] = True  # 9 px: a speck at min_fraction 0.001 (10 px).
+  mask[80, 80] = mask[81, 81] = mask[82, 82] = True  # 3 px touching by corners: one speck.
+  mask[60:62, 10:15] = True  # 10 px: exactly the minimum, kept.
+  kept = imaging.remove_small_components(mask, 0.001)
+  expected = np.zeros_like(mask)
+  expected[10:20, 10:20] = expected[60:62, 10:15] = True
+  np.testing.assert_array_equal(kept, expected)
+  # Corner-touching pixels are one region: a 12-px diagonal stays at a 10-px minimum.
+  diagonal = np.eye(100, dtype=bool) & (np.arange(100) < 12)[:, None]
+  assert imaging.remove_small_components(diagonal, 0.001).sum() == 12
+  assert imaging.remove_small_components(mask, 0.0).sum() == mask.sum()
+
+
+def test_lesion_mask_is_the_thresholded_probability_without_specks():
+  probability = np.full((50, 40), 0.2, np.float32)
+  probability[5:25, 5:25] = 0.9
+  probability[40, 30] = 0.99  # 1 px of 2000: under 0.001.
+  mask = imaging.lesion_mask(probability, 0.5, 0.001)
+  assert mask.dtype == bool and mask.sum() == 400 and not mask[40, 30]
+  assert not imaging.lesion_mask(probability, 0.95, 0.001).any()

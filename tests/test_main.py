@@ -65,7 +65,8 @@ def test_threshold_chosen_on_validation_travels_with_the_checkpoint(trained_work
   assert by_threshold[str(best['threshold'])] == max(by_threshold.values())
   with open(os.path.join(trained_workdir, 'eval/synthetic/test/summary.json')) as f:
     protocol = json.load(f)['protocol']
-  assert f"threshold {best['threshold']}); checkpoint" in protocol
+  assert (f"threshold {best['threshold']}, regions under 0.1 % of the image removed); "
+          'checkpoint') in protocol
   assert f"threshold {best['threshold']} chosen on validation" in protocol
 
 
@@ -74,7 +75,7 @@ def test_evaluate_mode_needs_no_config_and_writes_per_image_rows(trained_workdir
   result = _main('--mode=evaluate', f'--workdir={trained_workdir}', '--split=validation+test')
   assert 'ORIGINAL resolution' in result.stdout
   threshold = checkpointing.load_inference(trained_workdir)[3]['threshold']
-  assert f'threshold {threshold}); checkpoint' in result.stdout
+  assert f'threshold {threshold}, regions under 0.1 % of the image removed); ' in result.stdout
   with open(os.path.join(trained_workdir, 'eval/synthetic/validation+test/per_image.csv')) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 16 + 24

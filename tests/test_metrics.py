@@ -48,7 +48,7 @@ def test_summary_per_class_pooled_and_normal_empty_rate():
       metrics.score_image('normal (1)', 2, np.zeros((10, 10)), np.zeros((10, 10))),
       metrics.score_image('normal (2)', 2, _box((10, 10), 0, 0, 3, 3), np.zeros((10, 10))),
   ]
-  summary = metrics.summarize(scores, min_lesion_area=5)
+  summary = metrics.summarize(scores)
   benign = [1.0, 10 / 30]
   assert summary['benign']['dice']['mean'] == pytest.approx(np.mean(benign))
   assert summary['benign']['dice']['std'] == pytest.approx(np.std(benign))
@@ -57,8 +57,8 @@ def test_summary_per_class_pooled_and_normal_empty_rate():
   assert summary['lesion']['dice']['mean'] == pytest.approx((1 + 10 / 30) / 3)
   # Pooled: intersections 25 + 5 + 0 over areas (50 + 30 + 25).
   assert summary['pooled_dice'] == pytest.approx(2 * 30 / 105)
-  # normal (2) predicts 9 px >= 5: not empty.
-  assert summary['normal'] == {'empty_rate': 0.5, 'n': 2, 'min_lesion_area': 5}
+  # normal (2) predicts 9 px: not empty.
+  assert summary['normal'] == {'empty_rate': 0.5, 'n': 2}
   # All images: Dice 1, 1/3, 0 for the lesions; normal (1) empty -> 1, normal (2) -> 0.
   assert summary['all_images_dice'] == pytest.approx((1 + 10 / 30 + 0 + 1 + 0) / 5)
   table = metrics.format_table(summary, 'PROTOCOL LINE')
@@ -70,17 +70,19 @@ def test_threshold_is_chosen_by_all_image_dice_with_ties_to_the_preferred_one():
   lesion = np.where(truth, 0.95, 0.05)
   lesion[1, 2:6] = 0.55  # A row above the lesion: inside the mask only at thresholds < 0.55.
   normal = np.where(_box((10, 10), 0, 0, 3, 3), 0.75, 0.02)  # A false 9-px lesion.
+  normal[9, 9] = 0.85  # A 1-px speck, under min_fraction at every threshold.
   images = [('benign (1)', 0, lesion, truth), ('normal (1)', 2, normal, np.zeros((10, 10)))]
   by_threshold = metrics.all_images_dice_by_threshold(images, (0.3, 0.5, 0.6, 0.8, 0.9),
-                                                      min_lesion_area=5)
+                                                      min_fraction=0.05)
   threshold = metrics.best_threshold(by_threshold, preferred=0.5)
   # 0.3 / 0.5: Dice 2*16/36 on the lesion, normal not empty. 0.6: lesion exact, normal not
-  # empty. 0.8 / 0.9: both right (all-image Dice 1); 0.8 is the closer to 0.5.
+  # empty. 0.8 / 0.9: both right (all-image Dice 1; the speck is removed); 0.8 is the closer
+  # to 0.5.
   assert by_threshold == pytest.approx({0.3: 16 / 36, 0.5: 16 / 36, 0.6: 0.5, 0.8: 1.0, 0.9: 1.0})
   assert threshold == 0.8
-  # With a minimum area above the false lesion, 0.6 already scores 1 and is preferred.
+  # With a minimum region above the false lesion (10 of 100 px), 0.6 already scores 1.
   threshold = metrics.best_threshold(
-      metrics.all_images_dice_by_threshold(images, (0.3, 0.5, 0.6, 0.8, 0.9), 10), 0.5)
+      metrics.all_images_dice_by_threshold(images, (0.3, 0.5, 0.6, 0.8, 0.9), 0.1), 0.5)
   assert threshold == 0.6
 
 
@@ -97,7 +99,7 @@ def test_bootstrap_interval_of_the_mean_matches_its_standard_error():
   assert quarter_high - quarter_low > 1.6 * (high - low)  # 4x fewer images: ~2x wider.
   assert metrics.bootstrap_ci95([0.7, 0.7, 0.7]) == pytest.approx([0.7, 0.7])
   summary = metrics.summarize([metrics.score_image(f'benign ({i})', 0, m, m)
-                               for i, m in enumerate([np.ones((2, 2))] * 3)], 1)
+                               for i, m in enumerate([np.ones((2, 2))] * 3)])
   assert summary['lesion']['dice']['ci95'] == pytest.approx([1.0, 1.0])
   assert np.isnan(summary['malignant']['dice']['ci95']).all()
 
@@ -181,7 +183,7 @@ def test_summary_skips_undefined_distances_and_counts_them():
       metrics.score_image('malignant (1)', 1, np.zeros((20, 20)), truth),           # NaN
       metrics.score_image('normal (1)', 2, np.zeros((20, 20)), np.zeros((20, 20))),
   ]
-  summary = metrics.summarize(scores, min_lesion_area=5)
+  summary = metrics.summarize(scores)
   assert summary['lesion']['hd95']['mean'] == pytest.approx(1.0)
   assert summary['lesion']['hd95']['n'] == 2 and summary['lesion']['dice']['n'] == 3
   assert summary['lesion']['sensitivity']['mean'] == pytest.approx((1 + 0.8 + 0) / 3)
@@ -195,7 +197,7 @@ def test_summary_skips_undefined_distances_and_counts_them():
 def test_unspecified_lesions_get_a_group_when_present():
   unspecified = metrics.CLASS_NAMES.index('unspecified')
   truth = _box((10, 10), 2, 2, 4, 4)
-  summary = metrics.summarize([metrics.score_image('x (1)', unspecified, truth, truth)], 5)
+  summary = metrics.summarize([metrics.score_image('x (1)', unspecified, truth, truth)])
   assert summary['unspecified']['dice'] == {'mean': 1.0, 'std': 0.0, 'n': 1, 'ci95': [1.0, 1.0]}
   assert summary['lesion']['dice']['n'] == 1 and summary['benign']['dice']['n'] == 0
   assert 'unspecified' in metrics.format_table(summary, 'PROTOCOL LINE')

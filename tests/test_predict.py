@@ -115,11 +115,13 @@ def test_predict_writes_original_size_outputs_and_skips_broken_files(setup, tmp_
     cam = np.load(out / f'{name}_cam.npy')
     assert cam.shape == (h, w) and cam.dtype == np.float32
     assert 0.0 <= cam.min() and cam.max() <= 1.0 + 1e-6
-  # The written mask is the one `evaluate` scores: flip-TTA logits, upsampled, thresholded.
+  # The written mask is the one `evaluate` scores: flip-TTA logits, upsampled, thresholded,
+  # specks removed.
   gray = scan_files.read_grayscale(str(tmp_path / 'in/gray.png'))
   logits = model_lib.inference_logits(model, variables,
                                       imaging.model_input(gray, SIZE)[None], flip_tta=True)
-  expected = imaging.lesion_probability(np.asarray(logits[0]), *gray.shape) > 0.5
+  expected = imaging.lesion_mask(imaging.lesion_probability(np.asarray(logits[0]), *gray.shape),
+                                 0.5, config.eval.min_lesion_fraction)
   np.testing.assert_array_equal(np.asarray(Image.open(out / 'gray_mask.png')) > 0, expected)
 
 
@@ -166,11 +168,13 @@ def _per_image(model, variables, config, path: str, layer: str = 'decoder_1'):
   images = np.zeros((config.eval.batch_size, SIZE, SIZE, 1), np.float32)
   images[0] = imaging.model_input(gray, SIZE)
   logits = model_lib.inference_logits(model, variables, images, flip_tta=config.eval.flip_tta)
-  region = np.asarray(logits > special.logit(config.eval.threshold))
+  region = np.stack([imaging.lesion_mask(special.expit(image_logits), config.eval.threshold,
+                                         config.eval.min_lesion_fraction)
+                     for image_logits in np.asarray(logits)])
   result = gradcam.seg_grad_cam(model, variables, images, layer, region=region)
   h, w = gray.shape
   probability = imaging.lesion_probability(np.asarray(logits)[0], h, w)
-  mask = probability > config.eval.threshold
+  mask = imaging.lesion_mask(probability, config.eval.threshold, config.eval.min_lesion_fraction)
   area = int(mask.sum())
   line = (f'{predict._stem(path)}: lesion area {area} px ({100.0 * area / (h * w):.2f}%), '
           f'max probability {probability.max():.3f}')

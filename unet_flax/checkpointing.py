@@ -98,7 +98,9 @@ class Checkpoints:
 # The layout of config.json this code reads; bump it when a field's meaning changes or a field
 # the model or evaluation needs is added. Workdirs of another layout are refused by name
 # rather than silently read with today's defaults.
-FORMAT_VERSION = 2  # 1: every workdir written before the version was recorded.
+# 1: every workdir written before the version was recorded. 3: eval.min_lesion_fraction (specks
+# removed from the mask) replaced eval.min_lesion_area (a pixel count used by the metric only).
+FORMAT_VERSION = 3
 
 
 class WorkdirMismatchError(ValueError):

@@ -60,27 +60,26 @@ def paired_difference(scores_a, scores_b, metric: str = 'dice', seed: int = 0,
           'ties': int(ties.sum())}
 
 
-def paired_empty_rate(scores_a, scores_b, min_lesion_area: int, seed: int = 0,
+def paired_empty_rate(scores_a, scores_b, seed: int = 0,
                       resamples: int = metrics.BOOTSTRAP_RESAMPLES) -> dict:
-  """Normal scans predicted empty (< min_lesion_area px) by a and by b, and the paired
-  difference a - b of the 0/1 indicators with its bootstrap 95 % interval."""
+  """Normal scans predicted empty by a and by b, and the paired difference a - b of the 0/1
+  indicators with its bootstrap 95 % interval."""
   a, b = _paired(scores_a, scores_b)
   ids = sorted(i for i in a if a[i]['label'] == metrics.NORMAL)
-  empty_a = np.array([a[i]['pred_area'] < min_lesion_area for i in ids], np.float64)
-  empty_b = np.array([b[i]['pred_area'] < min_lesion_area for i in ids], np.float64)
+  empty_a = np.array([a[i]['pred_area'] == 0 for i in ids], np.float64)
+  empty_b = np.array([b[i]['pred_area'] == 0 for i in ids], np.float64)
   return {'n': len(ids), 'rate_a': _mean(empty_a), 'rate_b': _mean(empty_b),
           'difference': _mean(empty_a - empty_b),
-          'ci95': metrics.bootstrap_ci95(empty_a - empty_b, seed, resamples),
-          'min_lesion_area': int(min_lesion_area)}
+          'ci95': metrics.bootstrap_ci95(empty_a - empty_b, seed, resamples)}
 
 
-def compare_reports(dir_a: str, dir_b: str, min_lesion_area: int = 64) -> dict:
+def compare_reports(dir_a: str, dir_b: str) -> dict:
   """Paired Dice, IoU, HD95 and normal-scan empty rate of two report folders
   (each holding the `per_image.csv` of the same split)."""
   a = metrics.read_per_image_csv(os.path.join(dir_a, 'per_image.csv'))
   b = metrics.read_per_image_csv(os.path.join(dir_b, 'per_image.csv'))
   result = {metric: paired_difference(a, b, metric) for metric in ('dice', 'iou', 'hd95')}
-  normal = paired_empty_rate(a, b, min_lesion_area)
+  normal = paired_empty_rate(a, b)
   result['normal_empty'] = normal if normal['n'] else None
   return result
 
@@ -103,7 +102,7 @@ def format_comparison(result: dict, name_a: str, name_b: str) -> str:
     lines.append('Normal scans: none in these reports.')
   else:
     lines.append(
-        f"Normal scans predicted empty (< {r['min_lesion_area']} px, n={r['n']}): {name_a} "
+        f"Normal scans predicted empty (n={r['n']}): {name_a} "
         f"{r['rate_a']:.3f} vs {name_b} {r['rate_b']:.3f}, {name_a}-{name_b} "
         f"{r['difference']:+.3f} (95% CI {r['ci95'][0]:+.3f} .. {r['ci95'][1]:+.3f})")
   return '\n'.join(lines)

@@ -63,12 +63,13 @@ class Predictor:
     scores, samples = [], []
     for image_id, label, probability, truth, image in self.probability_maps(
         variables, batches, desc):
-      pred = probability > eval_config.threshold
+      pred = imaging.lesion_mask(probability, eval_config.threshold,
+                                 eval_config.min_lesion_fraction)
       score = metrics_lib.score_image(image_id, label, pred, truth)
       scores.append(score)
       if sum(s[3].label == label for s in samples) < SAMPLES_PER_CLASS:
         samples.append((image, truth, pred, score))
-    return scores, metrics_lib.summarize(scores, eval_config.min_lesion_area), samples
+    return scores, metrics_lib.summarize(scores), samples
 
   def choose_threshold(self, variables, batches_by_dataset: dict, eval_config):
     """(threshold, {candidate: all-image Dice}) on the validation batches of each dataset.
@@ -82,7 +83,7 @@ class Predictor:
                 for image_id, label, probability, truth, _
                 in self.probability_maps(variables, batches, f'choosing the threshold, {name}')]
       by_dataset.append(metrics_lib.all_images_dice_by_threshold(
-          images, eval_config.threshold_candidates, eval_config.min_lesion_area))
+          images, eval_config.threshold_candidates, eval_config.min_lesion_fraction))
     mean = {t: float(np.mean([d[t] for d in by_dataset])) for t in by_dataset[0]}
     return metrics_lib.best_threshold(mean, eval_config.threshold), mean
 
@@ -100,7 +101,9 @@ def protocol(config, source: str, split: str, summary: dict, checkpoint_note: st
   return (f"{dataset}, split '{split}', {summary['num_images']} images; model trained on "
           f"{config.data.source}; Dice/IoU/HD95 per lesion image at the ORIGINAL resolution "
           f'(logits upsampled from {config.data.image_size}x{config.data.image_size}, '
-          f'threshold {config.eval.threshold}); checkpoint: {checkpoint_note}.')
+          f'threshold {config.eval.threshold}, regions under '
+          f'{100 * config.eval.min_lesion_fraction:g} % of the image removed); '
+          f'checkpoint: {checkpoint_note}.')
 
 
 def best_note(best: dict) -> str:

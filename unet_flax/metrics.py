@@ -11,6 +11,7 @@ from scipy import ndimage
 from scipy import stats
 
 from data.classes import CLASS_NAMES, NORMAL
+from unet_flax import imaging
 
 # Lesion classes in label order: every class but normal.
 LESION_CLASSES = tuple(name for c, name in enumerate(CLASS_NAMES) if c != NORMAL)
@@ -115,7 +116,7 @@ def _mean_std(values) -> dict:
           'ci95': bootstrap_ci95(values)}
 
 
-def summarize(scores: list[ImageScore], min_lesion_area: int) -> dict:
+def summarize(scores: list[ImageScore]) -> dict:
   """Per-class mean +- std of each metric (with a bootstrap 95 % interval of the mean), pooled
   Dice, the normal-image empty rate, and the all-image Dice that chooses checkpoints.
 
@@ -137,28 +138,31 @@ def summarize(scores: list[ImageScore], min_lesion_area: int) -> dict:
   inter = sum(s.dice * (s.pred_area + s.gt_area) / 2 for s in lesion)
   total = sum(s.pred_area + s.gt_area for s in lesion)
   summary['pooled_dice'] = float(2 * inter / total) if total else float('nan')
-  empty = [s.pred_area < min_lesion_area for s in normal]
+  empty = [s.pred_area == 0 for s in normal]
   summary['normal'] = {'empty_rate': float(np.mean(empty)) if normal else float('nan'),
-                       'n': len(normal), 'min_lesion_area': int(min_lesion_area)}
+                       'n': len(normal)}
   # One number for every image: a normal scan scores 1 when predicted empty, else 0.
   per_image = [s.dice for s in lesion] + [float(e) for e in empty]
   summary['all_images_dice'] = float(np.mean(per_image)) if per_image else float('nan')
   return summary
 
 
-def all_images_dice_by_threshold(images, candidates, min_lesion_area: int) -> dict:
+def all_images_dice_by_threshold(images, candidates, min_fraction: float) -> dict:
   """{threshold: all-image Dice over `images`} for each candidate probability threshold.
 
   `images` holds (image_id, label, probability map, truth) at the original size. Meant for
   the validation split: the gate's product P(pixel | lesion) x P(lesion) puts a false lesion on
   a normal scan at about the presence probability, so a threshold above it clears the scan, at
-  the price of shrinking the lesion masks.
+  the price of shrinking the lesion masks. Masks are made as everywhere else
+  (`imaging.lesion_mask`, specks below `min_fraction` of the image removed).
   """
   dice_by_threshold = {}
   for threshold in candidates:
-    scores = [score_image(image_id, label, probability > threshold, truth, distances=False)
+    scores = [score_image(image_id, label,
+                          imaging.lesion_mask(probability, threshold, min_fraction), truth,
+                          distances=False)
               for image_id, label, probability, truth in images]
-    dice_by_threshold[float(threshold)] = summarize(scores, min_lesion_area)['all_images_dice']
+    dice_by_threshold[float(threshold)] = summarize(scores)['all_images_dice']
   return dice_by_threshold
 
 
@@ -214,7 +218,6 @@ def format_table(summary: dict, protocol: str) -> str:
                  f"{h['mean']:>9.1f} ({h['n']})")
   lines.append(f"pooled Dice (lesion images): {summary['pooled_dice']:.3f}")
   n = summary['normal']
-  lines.append(f"normal images predicted empty (< {n['min_lesion_area']} px): "
-               f"{n['empty_rate']:.3f} of {n['n']}")
+  lines.append(f"normal images predicted empty: {n['empty_rate']:.3f} of {n['n']}")
   lines.append(f"all-image Dice (normal: 1 if empty, else 0): {summary['all_images_dice']:.3f}")
   return '\n'.join(lines)

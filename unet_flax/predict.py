@@ -186,8 +186,11 @@ def _explain(model, variables, config, images: np.ndarray, layers):
   """
   logits, presence = model_lib.inference_outputs(model, variables, images,
                                                  flip_tta=config.eval.flip_tta)
-  region = np.asarray(logits > special.logit(config.eval.threshold))
-  return (np.asarray(logits), None if presence is None else np.asarray(presence),
+  logits = np.asarray(logits)
+  region = np.stack([imaging.lesion_mask(special.expit(image_logits), config.eval.threshold,
+                                         config.eval.min_lesion_fraction)
+                     for image_logits in logits])
+  return (logits, None if presence is None else np.asarray(presence),
           {layer: gradcam.seg_grad_cam(model, variables, images, layer, region=region)
            for layer in layers})
 
@@ -212,13 +215,14 @@ def _predict_batch(model, variables, config, scans: list[_Scan], batch_size: int
           for i in range(len(scans))]
 
 
-def _write_outputs(output_dir: str, scan: _Scan, prediction: _Prediction, threshold: float,
+def _write_outputs(output_dir: str, scan: _Scan, prediction: _Prediction, eval_config,
                    overlay: bool) -> tuple[str, dict]:
   """Mask, CAM and overlay at the original size; returns (summary line, CSV row)."""
   name = _stem(scan.path)
   h, w = scan.gray.shape
   probability = imaging.lesion_probability(prediction.logits, h, w)
-  mask = probability > threshold
+  mask = imaging.lesion_mask(probability, eval_config.threshold,
+                             eval_config.min_lesion_fraction)
   area = int(mask.sum())
   line = (f'{name}: lesion area {area} px ({100.0 * area / (h * w):.2f}%), '
           f'max probability {probability.max():.3f}')
@@ -238,7 +242,7 @@ def _write_outputs(output_dir: str, scan: _Scan, prediction: _Prediction, thresh
          'max_lesion_probability': round(float(probability.max()), 6),
          'presence_probability': ('' if prediction.presence is None
                                   else round(prediction.presence, 6)),
-         'threshold': threshold, 'error': ''}
+         'threshold': eval_config.threshold, 'error': ''}
   return line, row
 
 
@@ -285,7 +289,7 @@ def predict_files(model, variables, config, paths: list[str], output_dir: str,
   os.makedirs(output_dir, exist_ok=True)
   for problem in problems:
     print(f'ERROR {problem}', file=sys.stderr)
-  threshold, overlay = config.eval.threshold, overlays and cams
+  overlay = overlays and cams
   batch_size = max(1, min(config.eval.batch_size, len(inputs)))
   read = functools.partial(_read, size=config.data.image_size, with_truth=overlay)
   with (progress.progress_bar(total=len(listed), unit='image',
@@ -299,7 +303,8 @@ def predict_files(model, variables, config, paths: list[str], output_dir: str,
                                    outcomes.failed):
       predictions = _predict_batch(model, variables, config, scans, batch_size,
                                    layer if cams else None)
-      writes += [writer.submit(_write_outputs, output_dir, scan, prediction, threshold, overlay)
+      writes += [writer.submit(_write_outputs, output_dir, scan, prediction, config.eval,
+                               overlay)
                  for scan, prediction in zip(scans, predictions)]
       while len(writes) > len(scans):  # The previous batch: bounds memory, keeps order.
         outcomes.written(*writes.popleft().result())
@@ -325,7 +330,6 @@ def gradcam_split(model, variables, config, batches, output_dir: str,
   original resolution, is inside the true lesion; an empty prediction counts as a miss.
   """
   os.makedirs(output_dir, exist_ok=True)
-  threshold = config.eval.threshold
   hits = {layer: [] for layer in layers}
   empty = 0
   shown = []  # (image id, image, truth, {layer: cam}) for the comparison figure.
@@ -341,7 +345,8 @@ def gradcam_split(model, variables, config, batches, output_dir: str,
           hits[layer].append(gradcam.pointing_hit(cams[layer], truth))
       if len(shown) < max_images:
         image_id, gray = raw_id.decode(), batch['orig_image'][i, :h, :w]
-        pred = imaging.lesion_probability(logits[i], h, w) > threshold
+        pred = imaging.lesion_mask(imaging.lesion_probability(logits[i], h, w),
+                                   config.eval.threshold, config.eval.min_lesion_fraction)
         visualize.overlay_figure(
             gray, pred, cams[layers[0]],
             os.path.join(output_dir, f'{_file_name(image_id)}_overlay.png'),
