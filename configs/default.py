@@ -81,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
   augment.contrast = 0.2
   augment.gamma = 0.2
   augment.speckle_std = 0.05  # Multiplicative (Rayleigh-like) noise, as in ultrasound.
+  # Share of examples replaced by a random strip-shaped window of the scan (full height or
+  # width, 40-100 % of the other side; the lesion may be in it, cut by it or outside it).
+  augment.frame_crop = 0.0
   # Synthetic demo data (data.source='synthetic').
   data.synthetic = synthetic = ml_collections.ConfigDict()
   synthetic.num_train = 96

@@ -34,6 +34,33 @@ def _affine(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor,
   return warp(image, 'BILINEAR'), warp(mask, 'NEAREST')
 
 
+def _frame_crop(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor,
+                min_fraction: float = 0.4) -> tuple[tf.Tensor, tf.Tensor]:
+  """A random strip-shaped window of the scan, resized back to the scan's size.
+
+  The window spans the whole height (or width) and a random `min_fraction`..1 of the other
+  side, anywhere: it may hold the whole lesion, part of it or none of it, and the mask follows.
+  Why: then a zoomed, stretched view says nothing about whether a lesion is in it, unlike
+  training on lesion-free strips alone (`data.lesion_free_crops`), which the network learned
+  to recognise as strips rather than as lesion-free tissue (docs/experiments.md, session 11).
+  """
+  size = tf.shape(image)[0]
+  u = tf.random.stateless_uniform((3,), seed)
+  length = tf.cast(tf.round((min_fraction + (1 - min_fraction) * u[0]) *
+                            tf.cast(size, tf.float32)), tf.int32)
+  offset = tf.minimum(tf.cast(u[1] * tf.cast(size - length + 1, tf.float32), tf.int32),
+                      size - length)
+
+  def crop(x):
+    return tf.cond(u[2] < 0.5, lambda: x[:, offset:offset + length],
+                   lambda: x[offset:offset + length, :])
+
+  def resize(x, method):
+    return tf.ensure_shape(tf.image.resize(x, tf.shape(image)[:2], method=method), image.shape)
+
+  return resize(crop(image), 'bilinear'), resize(crop(mask), 'nearest')
+
+
 def augment(example: dict[str, tf.Tensor], seed: tf.Tensor,
             aug: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
   """Geometric (shared by image and mask) and ultrasound-like photometric jitter."""
@@ -45,6 +72,9 @@ def augment(example: dict[str, tf.Tensor], seed: tf.Tensor,
                           lambda: (image, mask))
   if aug.flip_up_down:
     image, mask = tf.cond(flip[1], lambda: (image[::-1], mask[::-1]), lambda: (image, mask))
+  if aug.frame_crop:
+    image, mask = tf.cond(tf.random.stateless_uniform((), seeds[4]) < aug.frame_crop,
+                          lambda: _frame_crop(image, mask, seeds[5]), lambda: (image, mask))
   if aug.max_rotation_deg or aug.max_scale or aug.max_shift:
     image, mask = _affine(image, mask, seeds[1], aug)
   u = tf.random.stateless_uniform((3,), seeds[2], minval=-1.0, maxval=1.0)

@@ -1,7 +1,9 @@
-"""Lesion-free crops: the geometry of the strip, and the strips scored as normal scans."""
+"""Lesion-free crops (the geometry of the strip, the strips scored as normal scans) and the
+strip-shaped frame crop of training scans."""
 import numpy as np
 import tensorflow as tf
 
+from configs import default
 from data import augment
 from data import classes
 from data import synthetic
@@ -39,3 +41,48 @@ def test_strips_of_a_split_are_its_lesion_scans_turned_normal():
     assert strip['label'] == classes.NORMAL
     assert strip['image'].shape == (60, 150 - 47, 1)  # Right of the grown box [3, 47).
     assert not strip['image'].any() and not strip['mask'].any()
+
+
+def test_frame_crop_windows_hold_the_lesion_part_of_it_or_none_and_stay_aligned():
+  size = 64
+  mask = np.zeros((size, size, 1), np.float32)
+  mask[4:20, 6:22] = 1.0  # Near a corner: some windows miss it, some cut it.
+  image = tf.constant(0.1 + 0.8 * mask)  # The lesion is bright: alignment is visible.
+  kinds = set()
+  for i in range(60):
+    crop_image, crop_mask = augment._frame_crop(image, tf.constant(mask),
+                                                tf.constant([i, 7], tf.int64))
+    crop_image, crop_mask = crop_image.numpy()[..., 0], crop_mask.numpy()[..., 0]
+    assert crop_image.shape == crop_mask.shape == (size, size)
+    assert set(np.unique(crop_mask)) <= {0.0, 1.0}
+    if not crop_mask.any():
+      kinds.add('none')
+      continue
+    # Bilinear image vs nearest mask differ only along the lesion's edge (values 0.1 / 0.9).
+    assert crop_image[crop_mask > 0].mean() > 0.6 and crop_image[crop_mask == 0].mean() < 0.3
+    # The lesion touches no border of the scan: in a window it does only where cut.
+    border = np.concatenate([crop_mask[0], crop_mask[-1], crop_mask[:, 0], crop_mask[:, -1]])
+    kinds.add('cut' if border.any() else 'whole')
+  assert kinds == {'none', 'cut', 'whole'}
+
+
+def test_frame_crop_replaces_its_share_of_examples_and_is_off_by_default():
+  aug = default.get_config().data.augment
+  assert aug.frame_crop == 0.0
+  mask = np.zeros((32, 32, 1), np.float32)
+  mask[8:24, 8:24] = 1.0
+  example = {'image': tf.constant(0.5 * np.ones_like(mask) + 0.3 * mask),
+             'mask': tf.constant(mask)}
+  with aug.unlocked():
+    for key in ('max_rotation_deg', 'max_scale', 'max_shift', 'brightness', 'contrast',
+                'gamma', 'speckle_std'):
+      aug[key] = 0.0
+    aug.flip_left_right = False
+  plain = [augment.augment(example, tf.constant([i, 0], tf.int64), aug)['mask'].numpy()
+           for i in range(200)]
+  assert all((m == mask).all() for m in plain)
+  aug.frame_crop = 0.25
+  framed = [augment.augment(example, tf.constant([i, 0], tf.int64), aug)['mask'].numpy()
+            for i in range(200)]
+  changed = np.mean([not (m == mask).all() for m in framed])
+  assert 0.15 < changed < 0.35
