@@ -10,6 +10,7 @@ deletes such leftovers.
 import json
 import os
 
+from absl import logging as absl_logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -25,11 +26,19 @@ class UnreadableCheckpointError(RuntimeError):
 
 def _manager(directory: str, max_to_keep: int | None) -> ocp.CheckpointManager:
   read_only = max_to_keep is None
-  return ocp.CheckpointManager(
-      os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-          cleanup_tmp_directories=not read_only, enable_async_checkpointing=False))
+  # Orbax warns that a read-only manager is read-only, twice per manager and so four times per
+  # evaluate or predict; asked for, it is no news.
+  verbosity = absl_logging.get_verbosity()
+  if read_only:
+    absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    return ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+            cleanup_tmp_directories=not read_only, enable_async_checkpointing=False))
+  finally:
+    absl_logging.set_verbosity(verbosity)
 
 
 def _restore(manager: ocp.CheckpointManager, step: int, **args):
