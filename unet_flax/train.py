@@ -195,12 +195,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f'2**model.depth = {factor}.')
   sharding.check_batch_size(config.train.batch_size)
   sharding.check_batch_size(config.eval.batch_size, 'eval.batch_size')
+  for name in ('data.normal_fraction', 'data.lesion_free_crops', 'data.augment.frame_crop',
+               'eval.min_lesion_fraction'):
+    value = functools.reduce(getattr, name.split('.'), config)
+    if not 0 <= value < 1:
+      raise ValueError(f'config.{name}={value} must be in [0, 1).')
   fraction = config.data.normal_fraction
-  if not 0 <= fraction < 1:
-    raise ValueError(f'config.data.normal_fraction={fraction} must be in [0, 1).')
-  crops = config.data.lesion_free_crops
-  if not 0 <= crops < 1:
-    raise ValueError(f'config.data.lesion_free_crops={crops} must be in [0, 1).')
   if fraction and not config.data.include_normal_in_train:
     raise ValueError(f'config.data.normal_fraction={fraction} asks for normal scans in '
                      'training, but config.data.include_normal_in_train is off.')
