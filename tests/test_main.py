@@ -85,9 +85,11 @@ def test_evaluate_mode_needs_no_config_and_writes_per_image_rows(trained_workdir
   for name in ('dice', 'sensitivity'):
     values = np.array([float(r[name]) for r in lesion])
     assert np.all((values >= 0) & (values <= 1)), name
-  # Distances exist wherever something was predicted on a lesion, and are not negative.
-  hd95 = np.array([float(r['hd95']) for r in lesion if int(r['pred_area'])])
-  assert np.all(hd95 >= 0)
+  # Distances exist exactly where something was predicted on a lesion, and are not negative.
+  hd95 = np.array([float(r['hd95']) for r in lesion])
+  predicted = np.array([int(r['pred_area']) > 0 for r in lesion])
+  np.testing.assert_array_equal(np.isfinite(hd95), predicted)
+  assert np.all(hd95[predicted] >= 0)
 
 
 def test_rerun_of_a_finished_run_resumes_instead_of_retraining(trained_workdir):
