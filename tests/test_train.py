@@ -1,5 +1,6 @@
 """The train step, the optimizer setup, the NaN guard and checkpoint round trips."""
 import json
+import os
 import logging
 
 import jax
@@ -217,3 +218,14 @@ def test_chosen_threshold_applies_unless_the_config_asks_for_none():
   assert checkpointing.with_chosen_threshold(config, {'epoch': 3}) is config  # Older meta.
   config.eval.threshold_candidates = ()
   assert checkpointing.with_chosen_threshold(config, {'threshold': 0.7}).eval.threshold == 0.5
+
+
+def test_undefined_metrics_stay_in_the_log_and_out_of_tensorboard(tmp_path, caplog):
+  log = train.MetricsLog(str(tmp_path), resume_step=0)
+  log.write(2, val_dice=0.5, val_busbra_normal_empty_rate=float('nan'))
+  log.close()
+  with open(tmp_path / 'metrics.jsonl') as f:
+    row = json.loads(f.read())
+  assert row['val_dice'] == 0.5 and np.isnan(row['val_busbra_normal_empty_rate'])
+  assert 'NaN' not in caplog.text  # tensorboardX warns on every NaN it is given.
+  assert os.listdir(tmp_path / 'tensorboard')

@@ -165,7 +165,10 @@ class MetricsLog:
     with open(self.path, 'a') as f:
       f.write(json.dumps({'step': step, **scalars}) + '\n')
     for name, value in scalars.items():
-      self.tensorboard.add_scalar(name, value, step)
+      # NaN is "undefined here" (the normal-empty rate of a dataset without normal scans) or
+      # a skipped step: metrics.jsonl keeps it; TensorBoard would warn at every write.
+      if np.isfinite(value):
+        self.tensorboard.add_scalar(name, value, step)
 
   def close(self) -> None:
     if self.enabled:
