@@ -1,7 +1,7 @@
 """The train step, the optimizer setup, the NaN guard and checkpoint round trips."""
 import json
-import os
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
