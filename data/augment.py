@@ -36,7 +36,8 @@ def _affine(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor,
 
 def _frame_crop(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor,
                 min_fraction: float = 0.4) -> tuple[tf.Tensor, tf.Tensor]:
-  """A random strip-shaped window of the scan, resized back to the scan's size.
+  """A random strip-shaped window of the scan, resized back to the scan's size. The scan is
+  square (model-sized, as `TrainInput` caches it): one `size` serves both axes.
 
   The window spans the whole height (or width) and a random `min_fraction`..1 of the other
   side, anywhere: it may hold the whole lesion, part of it or none of it, and the mask follows.
