@@ -32,7 +32,7 @@ flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict', 'gradcam', '
                   'What to do.')
 flags.DEFINE_string('split', 'test', 'evaluate/gradcam: TFDS split expression, e.g. '
                     '"train+validation+test".')
-flags.DEFINE_enum('dataset', None, ['busi', 'busbra', 'folder', 'synthetic'],
+flags.DEFINE_enum('dataset', None, ['busi', 'busbra', 'bus_uclm', 'folder', 'synthetic'],
                   'evaluate/gradcam: the dataset to score the model on (default: each one it '
                   'was trained on), e.g. a BUSI model on BUS-BRA.')
 flags.DEFINE_string('manual_dir', None, 'evaluate/gradcam: another copy of that dataset '
@@ -55,7 +55,7 @@ flags.DEFINE_integer('max_images', 16, 'gradcam: images to draw.')
 
 
 # Where each dataset's download is configured.
-_MANUAL_DIR_FIELD = {'busi': 'manual_dir', 'busbra': 'busbra_dir'}
+_MANUAL_DIR_FIELD = {'busi': 'manual_dir', 'busbra': 'busbra_dir', 'bus_uclm': 'bus_uclm_dir'}
 
 
 def _workdir_config(workdir):
@@ -191,7 +191,7 @@ def main(argv):
     message = str(e)
     if FLAGS.mode in ('evaluate', 'gradcam') and not FLAGS.config:
       # There the data folder is given by --manual_dir, not by a config override.
-      message = re.sub(r'--config\.data\.(manual_dir|busbra_dir|folder\.dir)', '--manual_dir',
+      message = re.sub(r'--config\.data\.(manual_dir|busbra_dir|bus_uclm_dir|folder\.dir)', '--manual_dir',
                        message)
     sys.exit(f'FATAL {message}')
 

@@ -24,15 +24,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed = False
 
   config.data = data = ml_collections.ConfigDict()
-  # The dataset(s) to train on: 'busi' (the Kaggle download), 'busbra' (BUS-BRA), 'folder'
-  # (your own images and masks, see data.folder) or 'synthetic' (demo). Several joined by '+'
-  # ('busi+busbra') train together, validate on each and report test per dataset.
+  # The dataset(s) to train on: 'busi' (the Kaggle download), 'busbra' (BUS-BRA), 'bus_uclm'
+  # (BUS-UCLM), 'folder' (your own images and masks, see data.folder) or 'synthetic' (demo).
+  # Several joined by '+' ('busi+busbra') train together, validate on each and report test per
+  # dataset.
   data.source = 'busi'
   # Where the user's Kaggle download lives: the extracted `Dataset_BUSI_with_GT/` folder (or a
   # parent of it), or `archive.zip`. Only read when the TFDS dataset is not built yet.
   data.manual_dir = '~/busi'
   # BUS-BRA's release folder (Images/, Masks/, bus_data.csv), from Zenodo record 8231412.
   data.busbra_dir = '~/busbra/BUSBRA'
+  # BUS-UCLM's release folder (images/, masks/, INFO.csv), from Mendeley Data
+  # doi:10.17632/7fvgj4jsp7.3. Licence CC BY-NC 4.0: models trained on it are non-commercial.
+  data.bus_uclm_dir = '~/bus_uclm/BUS-UCLM'
   # Your own scans: a folder of images and masks paired by name (data/seg_folder/README.md).
   data.folder = folder = ml_collections.ConfigDict()
   folder.name = 'my_scans'  # Names the TFDS build and the reports; one name per dataset.
@@ -44,11 +48,20 @@ def get_config() -> ml_collections.ConfigDict:
   folder.mask_prefix = ''
   folder.mask_suffix = '_mask'  # `a.png` pairs with `a_mask.png`.
   folder.csv = ''  # Optional table with one row per image (relative to `dir`).
-  folder.id_column = ''  # Its column holding the image file name without extension.
+  folder.csv_delimiter = ','
+  folder.id_column = ''  # Its column holding the image's file name (extension optional).
   folder.label_column = ''  # benign / malignant / normal (see label_map).
   folder.group_column = ''  # Patient: a patient's images stay in one split.
+  # No group column: a regular expression at the start of the file name whose first group is
+  # the patient, e.g. '(....)_' for ALWI_000.png -> ALWI.
+  folder.group_pattern = ''
   folder.split_column = ''  # Your own train / validation / test assignment.
   folder.label_map = ''  # CSV value -> class, e.g. 'b=benign,m=malignant'.
+  # Colour-coded masks: colour -> class, e.g. '00ff00=benign,ff0000=malignant'.
+  folder.label_colours = ''
+  # Image file names (without extension) to leave out, e.g. known-defective scans:
+  # 'a,b'. Any other unusable file stops the build.
+  folder.exclude = ''
   folder.validation_fraction = 0.1
   folder.test_fraction = 0.2
   # Sampling weights of the training datasets when several are mixed, e.g. 'busi=1,busbra=1';

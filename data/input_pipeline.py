@@ -26,7 +26,9 @@ from data import synthetic  # pylint: disable=g-import-not-at-top
 SPLITS = ('train', 'validation', 'test')
 # Dataset names that `data.source` accepts ('busi+busbra' trains on both). 'folder' is the
 # user's own folder of images and masks, described by `data.folder`.
-SOURCES = ('busi', 'busbra', 'folder', 'synthetic')
+SOURCES = ('busi', 'busbra', 'bus_uclm', 'folder', 'synthetic')
+# The predefined folder datasets and the config field holding each one's download.
+_NAMED_FOLDERS = {'busbra': 'busbra_dir', 'bus_uclm': 'bus_uclm_dir'}
 
 
 def _tfds_data_dir(data_config: ml_collections.ConfigDict) -> str:
@@ -82,34 +84,41 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str, manual_dir: str,
 
 
 def _folder_config(data_config: ml_collections.ConfigDict, source: str):
-  """(builder config, manual dir) of BUS-BRA or of the user's folder dataset."""
+  """(builder config, manual dir) of BUS-BRA, BUS-UCLM or the user's folder dataset."""
   from data import seg_folder  # pylint: disable=g-import-not-at-top
-  if source == 'busbra':
-    return seg_folder.BUSBRA, data_config.busbra_dir
+  if source in _NAMED_FOLDERS:
+    config = {'busbra': seg_folder.BUSBRA, 'bus_uclm': seg_folder.BUS_UCLM}[source]
+    return config, data_config[_NAMED_FOLDERS[source]]
   folder = data_config.folder
   if not folder.dir:
     raise FileNotFoundError('data.source names "folder" but no folder is set: '
                             '--config.data.folder.dir=<your images and masks>.')
-  label_map = tuple(tuple(item.split('=')) for item in folder.label_map.split(',') if item)
+  def pairs(text):  # 'a=b,c=d' -> (('a', 'b'), ('c', 'd'))
+    return tuple(tuple(item.split('=')) for item in text.split(',') if item)
+
   return seg_folder.FolderConfig(
       name=folder.name, images_subdir=folder.images_subdir, masks_subdir=folder.masks_subdir,
       image_prefix=folder.image_prefix, image_suffix=folder.image_suffix,
       mask_prefix=folder.mask_prefix, mask_suffix=folder.mask_suffix, csv=folder.csv,
-      id_column=folder.id_column, label_column=folder.label_column,
-      group_column=folder.group_column, split_column=folder.split_column,
-      label_map=label_map, validation_fraction=folder.validation_fraction,
+      csv_delimiter=folder.csv_delimiter, id_column=folder.id_column,
+      label_column=folder.label_column, group_column=folder.group_column,
+      group_pattern=folder.group_pattern, split_column=folder.split_column,
+      label_map=pairs(folder.label_map), label_colours=pairs(folder.label_colours),
+      exclude=tuple(stem for stem in folder.exclude.split(',') if stem),
+      validation_fraction=folder.validation_fraction,
       test_fraction=folder.test_fraction), folder.dir
 
 
 def _load_folder(data_config: ml_collections.ConfigDict, source: str,
                  split) -> tf.data.Dataset:
-  """The `seg_folder` builder (BUS-BRA or the user's folder); fails fast without data."""
+  """The `seg_folder` builder (BUS-BRA, BUS-UCLM or the user's folder); fails fast without
+  data."""
   from data import seg_folder  # pylint: disable=g-import-not-at-top
   builder_config, manual_dir = _folder_config(data_config, source)
   manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
   data_dir = _tfds_data_dir(data_config)
   builder = seg_folder.Builder(config=builder_config, data_dir=data_dir)
-  flag = 'config.data.busbra_dir' if source == 'busbra' else 'config.data.folder.dir'
+  flag = f'config.data.{_NAMED_FOLDERS.get(source, "folder.dir")}'
   return _prepare(builder, data_dir, manual_dir,
                   lambda folder: seg_folder.check(folder, builder_config),
                   repr(builder_config), flag).as_dataset(split=split, shuffle_files=False)

@@ -7,6 +7,7 @@ Dice. Orbax writes into a `*.orbax-checkpoint-tmp*` directory and renames it whe
 a run killed mid-save never resumes from a half-written checkpoint; the next training run
 deletes such leftovers.
 """
+import functools
 import json
 import os
 
@@ -15,6 +16,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from configs import default as default_config
 from unet_flax import model as model_lib
 
 CONFIG_FILE = 'config.json'
@@ -160,6 +162,13 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.replace(path + '.tmp', path)
 
 
+# Fields added to configs/default.py without a format change: their defaults keep what a
+# workdir of this format did (where a download lives, folder options off), so a config.json
+# written without them reads with the defaults.
+_ADDED_FIELDS = ('data.bus_uclm_dir', 'data.folder.csv_delimiter', 'data.folder.group_pattern',
+                 'data.folder.label_colours', 'data.folder.exclude')
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The workdir's config.json; one of another `FORMAT_VERSION` is refused with its version."""
   path = os.path.join(workdir, CONFIG_FILE)
@@ -172,7 +181,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise WorkdirMismatchError(
         f'{path} has config format {version}; this busi-unet reads format {FORMAT_VERSION}. '
         'Use the busi-unet release that trained it, or retrain into a new --workdir.')
-  return ml_collections.ConfigDict(saved)
+  config = ml_collections.ConfigDict(saved)
+  defaults = default_config.get_config()
+  for name in _ADDED_FIELDS:
+    *parents, field = name.split('.')
+    node = functools.reduce(lambda c, key: c[key], parents, config)
+    if field not in node:
+      node[field] = functools.reduce(lambda c, key: c[key], name.split('.'), defaults)
+  return config
 
 
 def with_chosen_threshold(config: ml_collections.ConfigDict, meta: dict):

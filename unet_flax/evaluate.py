@@ -90,6 +90,7 @@ class Predictor:
 
 _DESCRIPTIONS = {'busi': 'BUSI (duplicate-group-aware split)',
                  'busbra': 'BUS-BRA (patient-grouped split)',
+                 'bus_uclm': 'BUS-UCLM (patient-grouped split)',
                  'synthetic': 'SYNTHETIC DEMO data'}
 
 

@@ -6,7 +6,11 @@ their keys are equal (extensions may differ). A file of the masks folder is a ma
 starts with `mask_prefix` and ends with `mask_suffix`; that is how masks are told apart from
 images sharing their folder. Only .png .jpg .jpeg .bmp .tif .tiff files count (any case);
 other files, hidden files and subfolders (e.g. `__MACOSX`) are ignored. An optional CSV adds a
-label, a group (patient) and a split per image, keyed by the image file's stem.
+label, a group (patient) and a split per image, keyed by the image file's stem (or its name:
+a known image extension is dropped from the id column's values). Without a group column, a
+`group_pattern` (a regular expression) can take the group from the image's stem. Labels come
+from the CSV, or from the colour of the lesion in colour-coded masks (`label_colours`). Files
+listed in `exclude` (image stems) are left out of the dataset; everything else must be usable.
 
 Everything wrong is collected first and raised as one `FolderFormatError`, so a user fixes a
 broken copy in one go and nothing is dropped silently. `config` is any object with the fields
@@ -17,6 +21,7 @@ import csv
 import dataclasses
 import os
 import pathlib
+import re
 from typing import Iterable, Union
 
 import numpy as np
@@ -78,10 +83,24 @@ def check(manual_dir: PathLike, config) -> None:
   for field in ('id_column', 'label_column', 'group_column', 'split_column'):
     if getattr(config, field) and not config.csv:
       problems.append((field, 'set, but no CSV is given (field csv)'))
-  for value, name in config.label_map:
-    if name not in classes.CLASS_NAMES:
-      problems.append(('label_map', f'{value!r} maps to {name!r}, not one of '
-                       f'{", ".join(classes.CLASS_NAMES)}'))
+  for field in ('label_map', 'label_colours'):
+    for value, name in getattr(config, field):
+      if name not in classes.CLASS_NAMES:
+        problems.append((field, f'{value!r} maps to {name!r}, not one of '
+                         f'{", ".join(classes.CLASS_NAMES)}'))
+  for value, _ in config.label_colours:
+    if not re.fullmatch(r'[0-9a-fA-F]{6}', value):
+      problems.append(('label_colours', f'{value!r} is not a colour as RRGGBB hex (e.g. 00ff00)'))
+  if config.group_pattern:
+    if config.group_column:
+      problems.append(('group_pattern, group_column', 'both set; the group comes from one'))
+    try:
+      re.compile(config.group_pattern)
+    except re.error as e:
+      problems.append(('group_pattern', f'{config.group_pattern!r} is not a regular '
+                       f'expression ({e})'))
+  if len(config.csv_delimiter) != 1:
+    problems.append(('csv_delimiter', f'{config.csv_delimiter!r}; need one character'))
   v, t = config.validation_fraction, config.test_fraction
   if not (v > 0 and t > 0 and v + t < 1):
     problems.append(('validation_fraction, test_fraction',
@@ -156,6 +175,12 @@ def _pair(manual_dir: PathLike, config):
   return images, masks, problems
 
 
+def _without_extension(name: str) -> str:
+  """'ALWI_000.png' -> 'ALWI_000': an id column may hold the file's name or its stem."""
+  stem, extension = os.path.splitext(name)
+  return stem if extension.lower() in EXTENSIONS else name
+
+
 def _read_csv(manual_dir: PathLike, config):
   """Returns ({id: (line number, row)} or None if unusable, csv path, problems)."""
   path = pathlib.Path(manual_dir) / config.csv
@@ -164,7 +189,7 @@ def _read_csv(manual_dir: PathLike, config):
   rows, problems = {}, []  # Duplicate rows are problems; the first row counts.
   try:
     with open(path, newline='', encoding='utf-8-sig') as f:
-      reader = csv.DictReader(f)
+      reader = csv.DictReader(f, delimiter=config.csv_delimiter)
       reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
       missing = [c for c in columns if c not in reader.fieldnames]
       if missing:
@@ -172,7 +197,7 @@ def _read_csv(manual_dir: PathLike, config):
                            f'{", ".join(reader.fieldnames) or "none"}')]
       for row in reader:
         row = {k: (v or '').strip() for k, v in row.items() if k is not None}
-        image_id = row[config.id_column]
+        image_id = _without_extension(row[config.id_column])
         if image_id in rows:
           problems.append((str(path), f'line {reader.line_num}: a second row for {image_id!r} '
                            f'(first on line {rows[image_id][0]})'))
@@ -214,6 +239,9 @@ def _scan(manual_dir: PathLike, config):
   """Returns (records, [(reader, path)] of the files no record holds, problems)."""
   check(manual_dir, config)
   images, masks, problems = _pair(manual_dir, config)
+  excluded = {key for key, path in images.items() if path.stem in config.exclude}
+  images = {key: path for key, path in images.items() if key not in excluded}
+  masks = {key: path for key, path in masks.items() if key not in excluded}
   if config.csv:
     images_dir = _folders(manual_dir, config)[0]
     rows, csv_path, csv_problems = _read_csv(manual_dir, config)
@@ -238,11 +266,24 @@ def _scan(manual_dir: PathLike, config):
       if row_problems:
         problems += row_problems
         continue
+    if config.group_pattern:
+      match = re.match(config.group_pattern, image_id)
+      if not match:
+        problems.append((str(images[key]), f'file name does not match group_pattern '
+                         f'{config.group_pattern!r}'))
+        continue
+      group = match.group(1) if match.re.groups else match.group(0)
     records.append(Record(image_id, images[key], masks[key], label, group or image_id, split))
   held = {r.image for r in records} | {r.mask for r in records}
   others = ([(read_image, p) for p in images.values() if p not in held]
             + [(read_mask, p) for p in masks.values() if p not in held])
   return records, others, problems
+
+
+def excluded(manual_dir: PathLike, config) -> list[str]:
+  """The stems of the images present that `config.exclude` leaves out, sorted."""
+  images_dir = _folders(manual_dir, config)[0]
+  return sorted({p.stem for p in _listing(images_dir)} & set(config.exclude))
 
 
 def scan(manual_dir: PathLike, config) -> list[Record]:
@@ -307,6 +348,28 @@ def read_mask(path: pathlib.Path) -> np.ndarray:
   return values > full // 2
 
 
+def colour_label(path: pathlib.Path, label_colours) -> str:
+  """The class of a colour-coded mask: the listed colour covering most lesion pixels, or
+  'normal' for an all-black mask.
+
+  Raises:
+    FolderFormatError: if lesion pixels have a colour that is not listed.
+  """
+  with Image.open(path) as mask:
+    rgb = np.asarray(ImageOps.exif_transpose(mask).convert('RGB')).reshape(-1, 3)
+  lesion = rgb[rgb.any(axis=1)]
+  if not lesion.size:
+    return classes.CLASS_NAMES[classes.NORMAL]
+  colours = {tuple(bytes.fromhex(value)): name for value, name in label_colours}
+  found, counts = np.unique(lesion, axis=0, return_counts=True)
+  unknown = [f'#{bytes(c.tolist()).hex()}' for c in found if tuple(c.tolist()) not in colours]
+  if unknown:
+    listed = ', '.join(f'#{value.lower()}={name}' for value, name in label_colours)
+    raise FolderFormatError('', [(str(path), f'lesion colour(s) {", ".join(unknown[:5])} not '
+                                             f'in label_colours ({listed})')])
+  return colours[tuple(found[np.argmax(counts)].tolist())]
+
+
 def decode(record: Record) -> tuple[np.ndarray, np.ndarray]:
   """The (H, W, 1) uint8 image and (H, W, 1) uint8 {0, 1} mask.
 
@@ -323,7 +386,8 @@ def decode(record: Record) -> tuple[np.ndarray, np.ndarray]:
   if not problems and arrays[0].shape != arrays[1].shape:
     (h, w), (mh, mw) = arrays[0].shape, arrays[1].shape
     problems.append((str(record.mask), f'mask is {mw}x{mh} (WxH) but its image '
-                     f'{record.image.name} is {w}x{h}'))
+                     f'{record.image.name} is {w}x{h} (list {record.image_id!r} in exclude '
+                     'to leave the pair out)'))
   if problems:
     raise FolderFormatError(f'Cannot decode {record.image_id}:', problems)
   return arrays[0][..., None], arrays[1][..., None].astype(np.uint8)
@@ -352,6 +416,16 @@ def read_all(manual_dir: PathLike, config) -> list[Record]:
       continue
     normal = classes.CLASS_NAMES[classes.NORMAL]
     label = record.label or ('unspecified' if mask.any() else normal)
+    if config.label_colours:
+      try:
+        coloured = colour_label(record.mask, config.label_colours)
+      except FolderFormatError as e:
+        problems += e.problems
+        continue
+      if record.label and record.label != coloured:
+        problems.append((str(record.mask), f'labelled {record.label} (CSV), but its lesion '
+                         f'colour says {coloured}'))
+      label = coloured
     if label == normal and mask.any():
       problems.append((str(record.mask), 'labelled normal, but the mask marks a lesion'))
     labelled.append(dataclasses.replace(record, label=label))

@@ -1,6 +1,7 @@
 """TFDS builder `seg_folder`: any folder of images + lesion masks, described by a FolderConfig.
 
-BUS-BRA is the predefined config `busbra`; a user's own dataset is built with
+BUS-BRA and BUS-UCLM are the predefined configs `busbra` and `bus_uclm`; a user's own dataset
+is built with
 `Builder(config=FolderConfig(name='mydata', ...), data_dir=...)`. Pairing, decoding and
 validation live in `folder_files` (see its docstring for the pairing rule).
 """
@@ -47,11 +48,21 @@ class FolderConfig(tfds.core.BuilderConfig):
   mask_prefix: str = ''
   mask_suffix: str = '_mask'
   csv: str = ''
-  id_column: str = ''  # Holds the image file's stem, e.g. 'bus_0001-l'.
+  csv_delimiter: str = ','  # A UTF-8 byte-order mark is skipped whatever the delimiter.
+  id_column: str = ''  # The image file's stem or name, e.g. 'bus_0001-l' or 'ALWI_000.png'.
   label_column: str = ''
   group_column: str = ''  # e.g. the patient: a group never straddles splits.
+  # Without a group column: a regular expression matched at the start of the image's stem;
+  # its first group (or the whole match) is the group, e.g. '(....)_' for 'ALWI_000' -> ALWI.
+  group_pattern: str = ''
   split_column: str = ''  # Values train / validation / test: the user's own splits.
   label_map: tuple[tuple[str, str], ...] = ()  # (CSV value, lowercased; class name) pairs.
+  # Colour-coded masks: (RRGGBB hex, class name) pairs; the colour covering most of the lesion
+  # gives the label (checked against the label column when there is one).
+  label_colours: tuple[tuple[str, str], ...] = ()
+  # Image stems left out of the dataset (known-defective files), reported at build time.
+  exclude: tuple[str, ...] = ()
+  exclude_reason: str = ''
   validation_fraction: float = 0.1
   test_fraction: float = 0.2
   citation: str = ''
@@ -74,6 +85,46 @@ BUSBRA = FolderConfig(
     label_map=(('benign', 'benign'), ('malignant', 'malignant')),
     citation=_BUSBRA_CITATION,
     homepage=BUSBRA_URL,
+)
+
+
+BUS_UCLM_URL = 'https://doi.org/10.17632/7fvgj4jsp7.3'
+_BUS_UCLM_CITATION = """\
+@article{vallez2025busuclm,
+  title = {{BUS-UCLM}: Breast ultrasound lesion segmentation dataset},
+  author = {Vallez, Noelia and Bueno, Gloria and Deniz, Oscar and Rienda, Miguel Angel and
+            Pastor, Carlos},
+  journal = {Scientific Data},
+  volume = {12},
+  pages = {242},
+  year = {2025},
+}"""
+
+BUS_UCLM = FolderConfig(
+    name='bus_uclm',
+    description='BUS-UCLM (Vallez et al. 2025): breast ultrasound from one Siemens ACUSON S2000, '
+                'normal scans and benign / malignant lesions with colour-coded masks; split by '
+                'patient (the first four letters of the file name). Licence CC BY-NC 4.0.',
+    images_subdir='images',
+    masks_subdir='masks',
+    mask_suffix='',
+    csv='INFO.csv',
+    csv_delimiter=';',
+    id_column='Image',
+    label_column='Label',
+    group_pattern='(....)_',
+    label_map=(('normal', 'normal'), ('benign', 'benign'), ('malignant', 'malignant')),
+    label_colours=(('00ff00', 'benign'), ('ff0000', 'malignant')),
+    # As published, the 13 scans of patient HESN are 608-792 x 468-489 px but their masks
+    # 856 x 606: the lesion outlines of HESN_002..005 cannot be placed on their images.
+    exclude=tuple(f'HESN_{i:03d}' for i in range(13)),
+    exclude_reason='image smaller than its 856x606 mask, as published: they do not align',
+    # 26 patients in the copy this was developed on: a fifth each leaves validation and test
+    # several patients and most of their normal scans.
+    validation_fraction=0.2,
+    test_fraction=0.2,
+    citation=_BUS_UCLM_CITATION,
+    homepage=BUS_UCLM_URL,
 )
 
 
@@ -110,10 +161,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  BUILDER_CONFIGS = [BUSBRA]
+  BUILDER_CONFIGS = [BUSBRA, BUS_UCLM]
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 busbra: download BUS-BRA from Zenodo record 8231412 ({BUSBRA_URL}), extract it, and use as
   manual dir the folder holding Images/, Masks/ and bus_data.csv.
+bus_uclm: download BUS-UCLM from Mendeley Data ({BUS_UCLM_URL}), extract it, and use as
+  manual dir the folder holding images/, masks/ and INFO.csv.
 Your own data: put images and masks in one folder (or two subfolders), describe their names
   with a FolderConfig (see data/seg_folder/README.md), and use that folder as manual dir.
 """
@@ -138,6 +191,11 @@ Your own data: put images and masks in one folder (or two subfolders), describe 
     # One decoding pass validates every file (all problems at once) and labels maskless
     # images; examples are decoded again while writing, to keep memory small.
     records = folder_files.read_all(dl_manager.manual_dir, config)
+    left_out = folder_files.excluded(dl_manager.manual_dir, config)
+    if left_out:
+      logging.info('seg_folder/%s: %d listed file(s) left out (%s): %s', config.name,
+                   len(left_out), config.exclude_reason or 'config field exclude',
+                   ', '.join(left_out))
     splits = assign_splits(records, config)
     by_split = {name: [r for r in records if splits[r.image_id] == name]
                 for name in folder_files.SPLITS}
