@@ -105,7 +105,8 @@ def test_compare_reports_and_its_text(tmp_path):
   assert result['hd95']['n'] == 8  # Image 5 (malignant) has an empty prediction.
   text = compare.format_comparison(result, 'crop', 'base')
   assert text.startswith('Dice (lesion images, n=9): crop ')
-  assert 'crop-base' in text and 'Normal scans predicted empty (n=3)' in text
+  assert 'crop-base' in text and 'Normal scans predicted empty (specificity, n=3)' in text
+  assert 'Lesion scans given a mask (sensitivity, n=9)' in text
   assert compare.compare_reports(tmp_path / 'a', tmp_path / 'a')['dice']['ci95'] == [0.0, 0.0]
 
 
@@ -114,4 +115,35 @@ def test_compare_reports_without_normal_images(tmp_path):
   metrics.write_per_image_csv(_scores([0.6, 0.7]), tmp_path / 'a' / 'per_image.csv')
   result = compare.compare_reports(tmp_path / 'a', tmp_path / 'a')
   assert result['normal_empty'] is None
-  assert 'Normal scans: none' in compare.format_comparison(result, 'A', 'B')
+  assert 'Normal scans predicted empty: none' in compare.format_comparison(result, 'A', 'B')
+
+
+def _image_level_scores(probabilities, labels, areas):
+  return [metrics.ImageScore(f'scan ({i})', label, math.nan, math.nan, 0, area, math.nan,
+                             math.nan, math.nan, math.nan, p)
+          for i, (p, label, area) in enumerate(zip(probabilities, labels, areas))]
+
+
+def test_sensitivity_is_paired_over_lesion_scans_only():
+  labels = [0, 1, 3, metrics.NORMAL]
+  a = _image_level_scores([0.9] * 4, labels, (10, 0, 5, 7))
+  b = _image_level_scores([0.9] * 4, labels, (10, 10, 0, 0))
+  result = compare.paired_detection_rate(a, b)
+  assert result['n'] == 3 and result['rate_a'] == pytest.approx(2 / 3)
+  assert result['rate_b'] == pytest.approx(2 / 3) and result['difference'] == 0.0
+
+
+def test_paired_auroc_of_known_rankings():
+  labels = [0] * 3 + [metrics.NORMAL] * 3
+  perfect = _image_level_scores([0.9, 0.8, 0.7, 0.3, 0.2, 0.1], labels, [1] * 6)
+  # One lesion scan (0.25) below two normal scans: 7 of 9 pairs right.
+  worse = _image_level_scores([0.9, 0.8, 0.25, 0.3, 0.2, 0.28], labels, [1] * 6)
+  result = compare.paired_auroc(perfect, worse)
+  assert (result['n_lesion'], result['n_normal']) == (3, 3)
+  assert result['auroc_a'] == 1.0 and result['auroc_b'] == pytest.approx(7 / 9)
+  assert result['difference'] == pytest.approx(2 / 9)
+  assert 0.0 <= result['ci95'][0] <= 2 / 9 <= result['ci95'][1]
+  assert compare.paired_auroc(perfect, perfect)['ci95'] == [0.0, 0.0]
+  # Without recorded probabilities (reports written before them) there is no AUROC.
+  unknown = _image_level_scores([math.nan] * 6, labels, [1] * 6)
+  assert compare.paired_auroc(perfect, unknown) is None

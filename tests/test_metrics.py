@@ -201,3 +201,32 @@ def test_unspecified_lesions_get_a_group_when_present():
   assert summary['unspecified']['dice'] == {'mean': 1.0, 'std': 0.0, 'n': 1, 'ci95': [1.0, 1.0]}
   assert summary['lesion']['dice']['n'] == 1 and summary['benign']['dice']['n'] == 0
   assert 'unspecified' in metrics.format_table(summary, 'PROTOCOL LINE')
+
+
+def test_auroc_of_known_cases():
+  assert metrics.auroc([0.9, 0.8, 0.7], [0.1, 0.2]) == 1.0
+  assert metrics.auroc([0.1, 0.2], [0.9, 0.8, 0.7]) == 0.0
+  # Pairs (0.5, 0.5) tie (1/2), (0.8, 0.5) right, the two against 0.9 wrong: 1.5 of 4.
+  assert metrics.auroc([0.5, 0.8], [0.5, 0.9]) == 0.375
+  rng = np.random.default_rng(0)
+  low, high = metrics.auroc_ci95(rng.random(200) + 0.5, rng.random(200))
+  # Uniform scores shifted by half their range: AUROC 1 - 0.5**2 / 2 = 0.875.
+  assert low < 0.875 < high and high - low < 0.1
+
+
+def test_image_level_sensitivity_specificity_and_auroc():
+  def scan(label, area, probability):
+    return metrics.ImageScore('x', label, math.nan, math.nan, 0, area, math.nan, math.nan,
+                              math.nan, math.nan, probability)
+
+  scores = ([scan(0, 50, 0.9), scan(1, 0, 0.4), scan(3, 20, 0.8), scan(0, 30, 0.7)] +
+            [scan(metrics.NORMAL, 0, 0.1), scan(metrics.NORMAL, 10, 0.6)])
+  level = metrics.summarize(scores)['image_level']
+  assert level['sensitivity']['rate'] == 0.75 and level['sensitivity']['n'] == 4
+  assert level['specificity']['rate'] == 0.5 and level['specificity']['n'] == 2
+  # 0.4 is below 0.6: 7 of the 8 (lesion, normal) pairs are ranked right.
+  assert level['auroc']['value'] == 7 / 8
+  assert (level['auroc']['n_lesion'], level['auroc']['n_normal']) == (4, 2)
+  assert 'sensitivity 0.750' in metrics.format_table(metrics.summarize(scores), 'p')
+  no_normal = metrics.summarize(scores[:4])['image_level']
+  assert math.isnan(no_normal['auroc']['value']) and no_normal['specificity']['n'] == 0

@@ -9,6 +9,7 @@ import os
 
 import jax
 import numpy as np
+from scipy import special
 
 from unet_flax import checkpointing
 from unet_flax import imaging
@@ -29,30 +30,43 @@ class Predictor:
     self.mesh = mesh
     self._batch_size = batch_size
     self._apply = jax.jit(
-        functools.partial(model_lib.inference_logits, model, flip_tta=flip_tta),
+        functools.partial(model_lib.inference_outputs, model, flip_tta=flip_tta),
         in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
         out_shardings=sharding.replicated(mesh))
 
-  def logits(self, variables, images: np.ndarray) -> np.ndarray:
-    """(B, S, S) logits; a short batch is padded to the batch size, then cut, so every batch
+  def outputs(self, variables, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(B, S, S) logits and the (B,) image-level lesion probabilities of the presence head
+    (None without one); a short batch is padded to the batch size, then cut, so every batch
     runs the same compiled program (a split's last batch would otherwise compile another).
 
     Every process passes the same whole batch; each device takes its slice of it.
     """
     padded, n = sharding.pad_batch({'image': images}, self._batch_size)
     images = sharding.global_batch(padded, self.mesh, same_on_all_processes=True)['image']
-    return np.asarray(jax.device_get(self._apply(variables, images)))[:n]
+    logits, presence = jax.device_get(self._apply(variables, images))
+    return (np.asarray(logits)[:n],
+            None if presence is None else special.expit(np.asarray(presence)[:n]))
+
+  def logits(self, variables, images: np.ndarray) -> np.ndarray:
+    """The (B, S, S) logits of `outputs`."""
+    return self.outputs(variables, images)[0]
 
   def probability_maps(self, variables, batches, desc: str):
-    """Yields (image_id, label, lesion probability, truth, image) per image of `batches`
-    (from `input_pipeline.eval_batches`), all at the image's original size."""
+    """Yields (image_id, label, lesion probability, truth, image, image-level lesion
+    probability) per image of `batches` (from `input_pipeline.eval_batches`), the maps at the
+    image's original size.
+
+    The image-level probability answers "is there a lesion in this scan?": the presence
+    head's, or without one the highest pixel probability.
+    """
     for batch in progress.progress_bar(batches, desc=desc, unit='batch', leave=False):
-      logits = self.logits(variables, batch['image'])
+      logits, presence = self.outputs(variables, batch['image'])
       for i, logit in enumerate(logits):
         h, w = int(batch['orig_height'][i]), int(batch['orig_width'][i])
-        yield (batch['image_id'][i].decode(), int(batch['label'][i]),
-               imaging.lesion_probability(logit, h, w), batch['orig_mask'][i, :h, :w],
-               batch['orig_image'][i, :h, :w])
+        probability = imaging.lesion_probability(logit, h, w)
+        yield (batch['image_id'][i].decode(), int(batch['label'][i]), probability,
+               batch['orig_mask'][i, :h, :w], batch['orig_image'][i, :h, :w],
+               float(probability.max() if presence is None else presence[i]))
 
   def evaluate(self, variables, batches, eval_config, desc: str = 'evaluate'):
     """Scores every image of `batches` at `eval_config.threshold`.
@@ -61,11 +75,12 @@ class Predictor:
     tuples per class at the original size, for figures.
     """
     scores, samples = [], []
-    for image_id, label, probability, truth, image in self.probability_maps(
+    for image_id, label, probability, truth, image, image_probability in self.probability_maps(
         variables, batches, desc):
       pred = imaging.lesion_mask(probability, eval_config.threshold,
                                  eval_config.min_lesion_fraction)
-      score = metrics_lib.score_image(image_id, label, pred, truth)
+      score = metrics_lib.score_image(image_id, label, pred, truth,
+                                      lesion_probability=image_probability)
       scores.append(score)
       if sum(s[3].label == label for s in samples) < SAMPLES_PER_CLASS:
         samples.append((image, truth, pred, score))
@@ -80,7 +95,7 @@ class Predictor:
     by_dataset = []
     for name, batches in batches_by_dataset.items():
       images = [(image_id, label, probability, truth)
-                for image_id, label, probability, truth, _
+                for image_id, label, probability, truth, _, _
                 in self.probability_maps(variables, batches, f'choosing the threshold, {name}')]
       by_dataset.append(metrics_lib.all_images_dice_by_threshold(
           images, eval_config.threshold_candidates, eval_config.min_lesion_fraction))

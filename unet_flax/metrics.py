@@ -32,6 +32,8 @@ class ImageScore:
   assd: float  # Pixels; NaN as hd95.
   sensitivity: float  # NaN for normal images and for an empty truth under a non-empty prediction.
   precision: float  # NaN for normal images and for an empty prediction.
+  # Image-level "is there a lesion?" probability (the presence head's); NaN if not recorded.
+  lesion_probability: float = float('nan')
 
 
 def surface_distances(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -53,7 +55,7 @@ def surface_distances(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def score_image(image_id: str, label: int, pred: np.ndarray, truth: np.ndarray,
-                distances: bool = True) -> ImageScore:
+                distances: bool = True, lesion_probability: float = float('nan')) -> ImageScore:
   """Overlap and boundary metrics of one binary prediction against its ground truth.
 
   Both empty counts as a perfect Dice/IoU/sensitivity (1.0), the convention that keeps an empty
@@ -83,7 +85,7 @@ def score_image(image_id: str, label: int, pred: np.ndarray, truth: np.ndarray,
       surface = surface_distances(pred, truth)
       hd95, assd = float(np.percentile(surface, 95)), float(surface.mean())
   return ImageScore(image_id, int(label), dice, iou, gt_area, pred_area, hd95, assd,
-                    sensitivity, precision)
+                    sensitivity, precision, float(lesion_probability))
 
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -106,6 +108,55 @@ def bootstrap_ci95(values, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) 
   return [float(interval.low), float(interval.high)]
 
 
+def auroc(positive, negative, axis: int = -1):
+  """Area under the ROC curve of scores `positive` (lesion scans) against `negative` (normal
+  scans): the chance that a random lesion scan scores above a random normal one, ties half.
+
+  It is the Mann-Whitney U statistic of `positive` divided by the number of pairs.
+  """
+  positive, negative = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
+  u = stats.mannwhitneyu(positive, negative, axis=axis, method='asymptotic').statistic
+  return u / (positive.shape[axis] * negative.shape[axis])
+
+
+def auroc_ci95(positive, negative, seed: int = 0,
+               resamples: int = BOOTSTRAP_RESAMPLES) -> list[float]:
+  """95 % percentile-bootstrap interval of `auroc`, resampling lesion and normal scans apart
+  (every resample keeps both classes)."""
+  if len(positive) < 2 or len(negative) < 2:
+    return [float('nan'), float('nan')]
+  interval = stats.bootstrap((np.asarray(positive, np.float64), np.asarray(negative, np.float64)),
+                             auroc, n_resamples=resamples, method='percentile', vectorized=True,
+                             rng=np.random.default_rng(seed)).confidence_interval
+  return [float(interval.low), float(interval.high)]
+
+
+def _rate(indicators) -> dict:
+  """The share of True among `indicators`, their count and its bootstrap interval."""
+  values = np.asarray(indicators, np.float64)
+  return {'rate': float(values.mean()) if values.size else float('nan'), 'n': int(values.size),
+          'ci95': bootstrap_ci95(values)}
+
+
+def image_level(scores: list[ImageScore]) -> dict:
+  """'Is there a lesion in this scan?', the clinician's first question.
+
+  Sensitivity: lesion scans whose mask is not empty; specificity: normal scans left empty
+  (both as the written masks say); AUROC of the image-level lesion probability, lesion against
+  normal scans, over the scans where it was recorded. NaN where a class is missing.
+  """
+  lesion = [s for s in scores if s.label != NORMAL]
+  normal = [s for s in scores if s.label == NORMAL]
+  positive = [s.lesion_probability for s in lesion if np.isfinite(s.lesion_probability)]
+  negative = [s.lesion_probability for s in normal if np.isfinite(s.lesion_probability)]
+  defined = bool(positive) and bool(negative)
+  return {'sensitivity': _rate([s.pred_area > 0 for s in lesion]),
+          'specificity': _rate([s.pred_area == 0 for s in normal]),
+          'auroc': {'value': float(auroc(positive, negative)) if defined else float('nan'),
+                    'n_lesion': len(positive), 'n_normal': len(negative),
+                    'ci95': auroc_ci95(positive, negative)}}
+
+
 def _mean_std(values) -> dict:
   """Mean, std, count and interval over the finite `values` (NaN marks 'undefined here')."""
   values = np.asarray(values, dtype=np.float64)
@@ -114,6 +165,13 @@ def _mean_std(values) -> dict:
     return {'mean': float('nan'), 'std': float('nan'), 'n': 0, 'ci95': bootstrap_ci95(values)}
   return {'mean': float(values.mean()), 'std': float(values.std()), 'n': int(values.size),
           'ci95': bootstrap_ci95(values)}
+
+
+def all_images_dice(scores: list[ImageScore]) -> float:
+  """One number for every image, what chooses checkpoints and thresholds: the mean of the
+  lesion scans' Dice and of the normal scans' 1 when predicted empty, else 0."""
+  per_image = [s.dice if s.label != NORMAL else float(s.pred_area == 0) for s in scores]
+  return float(np.mean(per_image)) if per_image else float('nan')
 
 
 def summarize(scores: list[ImageScore]) -> dict:
@@ -141,9 +199,8 @@ def summarize(scores: list[ImageScore]) -> dict:
   empty = [s.pred_area == 0 for s in normal]
   summary['normal'] = {'empty_rate': float(np.mean(empty)) if normal else float('nan'),
                        'n': len(normal)}
-  # One number for every image: a normal scan scores 1 when predicted empty, else 0.
-  per_image = [s.dice for s in lesion] + [float(e) for e in empty]
-  summary['all_images_dice'] = float(np.mean(per_image)) if per_image else float('nan')
+  summary['all_images_dice'] = all_images_dice(scores)
+  summary['image_level'] = image_level(scores)
   return summary
 
 
@@ -162,7 +219,7 @@ def all_images_dice_by_threshold(images, candidates, min_fraction: float) -> dic
                           imaging.lesion_mask(probability, threshold, min_fraction), truth,
                           distances=False)
               for image_id, label, probability, truth in images]
-    dice_by_threshold[float(threshold)] = summarize(scores)['all_images_dice']
+    dice_by_threshold[float(threshold)] = all_images_dice(scores)
   return dice_by_threshold
 
 
@@ -220,4 +277,12 @@ def format_table(summary: dict, protocol: str) -> str:
   n = summary['normal']
   lines.append(f"normal images predicted empty: {n['empty_rate']:.3f} of {n['n']}")
   lines.append(f"all-image Dice (normal: 1 if empty, else 0): {summary['all_images_dice']:.3f}")
+  level = summary['image_level']
+  rates = [f"{name} {level[name]['rate']:.3f} ({level[name]['ci95'][0]:.3f}-"
+           f"{level[name]['ci95'][1]:.3f}, n={level[name]['n']})"
+           for name in ('sensitivity', 'specificity') if level[name]['n']]
+  auc = level['auroc']
+  if np.isfinite(auc['value']):
+    rates.append(f"AUROC {auc['value']:.3f} ({auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f})")
+  lines.append('image level, lesion present (95% CI): ' + ', '.join(rates))
   return '\n'.join(lines)
