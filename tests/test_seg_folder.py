@@ -12,12 +12,13 @@ from PIL import Image
 
 import busi_fixtures
 from data import classes
-from data.seg_folder import BUSBRA, Builder, FolderConfig, FolderFormatError, check
+from data.seg_folder import BUS_UCLM, BUSBRA, Builder, FolderConfig, FolderFormatError, check
 from data.seg_folder import folder_files
 from data.seg_folder import seg_folder_dataset_builder
 
 ROOT_DIR = pathlib.Path(__file__).resolve().parents[1]
 REAL_BUSBRA = ROOT_DIR / '..' / 'shared' / 'data' / 'busbra' / 'BUSBRA'
+REAL_BUS_UCLM = ROOT_DIR / '..' / 'shared' / 'data' / 'bus_uclm' / 'BUS-UCLM'
 SHAPE = busi_fixtures.SHAPE
 LESION = busi_fixtures.ellipse_mask(SHAPE, (20, 28), (6, 9))
 SAME_FOLDER = FolderConfig(name='same_folder')  # Defaults: `x.png` + `x_mask.png`, one folder.
@@ -259,6 +260,100 @@ def test_too_few_groups_for_three_splits(tmp_path):
     seg_folder_dataset_builder.assign_splits(folder_files.scan(tmp_path, BUSBRA), BUSBRA)
 
 
+# --- BUS-UCLM's layout: ';' CSV with a BOM, colour masks, patient in the file name. ---
+
+_COLOURS = {'Benign': (0, 255, 0), 'Malignant': (255, 0, 0), 'Normal': (0, 0, 0)}
+
+
+def _write_bus_uclm(root, scans, mismatched=()):
+  """scans [(stem, label)] as published: RGB images (RGBA for the `mismatched` ones, which are
+  also smaller than their masks), colour-coded RGB masks, INFO.csv ';'-separated with a BOM."""
+  rows = []
+  for n, (stem, label) in enumerate(scans):
+    gray = _image(n)
+    shape = (SHAPE[0] - 6, SHAPE[1] - 4) if stem in mismatched else SHAPE
+    image = np.stack([gray[:shape[0], :shape[1]]] * 3 + ([np.full(shape, 255, np.uint8)]
+                                                         if stem in mismatched else []), -1)
+    _save(image, root / 'images' / f'{stem}.png')
+    mask = np.zeros(SHAPE + (3,), np.uint8)
+    mask[LESION] = _COLOURS[label]
+    _save(mask, root / 'masks' / f'{stem}.png')
+    rows.append(f'{stem}.png;{SHAPE[1]}x{SHAPE[0]};{label};No;No;No')
+  text = 'Image;Resolution;Label;Doppler;Marks;Combined\n' + '\n'.join(rows) + '\n'
+  (root / 'INFO.csv').write_bytes(b'\xef\xbb\xbf' + text.encode())
+
+
+_UCLM_SCANS = [(f'{patient}_{i:03d}', label) for patient, labels in (
+    ('ALWI', ('Benign', 'Normal')), ('ANAT', ('Normal', 'Normal')), ('CHVI', ('Malignant',)),
+    ('CODE', ('Malignant', 'Normal')), ('POFR', ('Benign', 'Normal')),
+    ('VITR', ('Normal', 'Benign'))) for i, label in enumerate(labels)]
+
+
+def test_bus_uclm_layout_reads_labels_colours_and_patients(tmp_path):
+  _write_bus_uclm(tmp_path, _UCLM_SCANS)
+  records = folder_files.read_all(tmp_path, dataclasses.replace(BUS_UCLM, exclude=()))
+  assert [(r.image_id, r.label, r.group) for r in records] == [
+      (stem, label.lower(), stem[:4]) for stem, label in _UCLM_SCANS]
+  image, mask = folder_files.decode(records[0])
+  np.testing.assert_array_equal(image[..., 0], _image(0))  # RGB with R=G=B -> that gray.
+  np.testing.assert_array_equal(mask[..., 0], LESION)
+  splits = seg_folder_dataset_builder.assign_splits(records, BUS_UCLM)
+  by_patient = collections.defaultdict(set)
+  for record in records:
+    by_patient[record.group].add(splits[record.image_id])
+  assert all(len(s) == 1 for s in by_patient.values())
+
+
+def test_labels_from_mask_colours_alone_and_against_the_csv(tmp_path):
+  _write_bus_uclm(tmp_path, _UCLM_SCANS)
+  colours_only = dataclasses.replace(BUS_UCLM, csv='', id_column='', label_column='',
+                                     label_map=(), exclude=())
+  assert [r.label for r in folder_files.read_all(tmp_path, colours_only)] == [
+      label.lower() for _, label in _UCLM_SCANS]
+  rows = (tmp_path / 'INFO.csv').read_bytes().replace(b'CHVI_000.png;56x40;Malignant',
+                                                      b'CHVI_000.png;56x40;Benign')
+  (tmp_path / 'INFO.csv').write_bytes(rows)
+  mask = np.zeros(SHAPE + (3,), np.uint8)
+  mask[LESION] = (0, 0, 255)  # Blue: a colour the config does not list.
+  _save(mask, tmp_path / 'masks' / 'POFR_000.png')
+  with pytest.raises(FolderFormatError) as error:
+    folder_files.read_all(tmp_path, dataclasses.replace(BUS_UCLM, exclude=()))
+  assert _problems(error) == {
+      ('CHVI_000.png', 'labelled benign (CSV), but its lesion colour says malignant'),
+      ('POFR_000.png', 'lesion colour(s) #0000ff not in label_colours (#00ff00=benign, '
+                       '#ff0000=malignant)')}
+
+
+def test_a_size_mismatch_stops_a_strict_build_and_a_listed_one_is_left_out(tmp_path):
+  _write_bus_uclm(tmp_path, _UCLM_SCANS, mismatched={'ALWI_000', 'ANAT_001'})
+  strict = dataclasses.replace(BUS_UCLM, exclude=())
+  with pytest.raises(FolderFormatError) as error:
+    folder_files.read_all(tmp_path, strict)
+  assert _problems(error) == {
+      ('ALWI_000.png', "mask is 56x40 (WxH) but its image ALWI_000.png is 52x34 (list "
+                       "'ALWI_000' in exclude to leave the pair out)"),
+      ('ANAT_001.png', "mask is 56x40 (WxH) but its image ANAT_001.png is 52x34 (list "
+                       "'ANAT_001' in exclude to leave the pair out)")}
+  listed = dataclasses.replace(BUS_UCLM, exclude=('ALWI_000', 'ANAT_001', 'NOT_THERE'))
+  records = folder_files.read_all(tmp_path, listed)
+  assert len(records) == len(_UCLM_SCANS) - 2
+  assert folder_files.excluded(tmp_path, listed) == ['ALWI_000', 'ANAT_001']
+
+
+def test_group_pattern_problems(tmp_path):
+  _write_bus_uclm(tmp_path, _UCLM_SCANS[:3])
+  _save(_image(9), tmp_path / 'images' / 'x1.png')
+  _save(np.zeros(SHAPE + (3,), np.uint8), tmp_path / 'masks' / 'x1.png')
+  config = dataclasses.replace(BUS_UCLM, csv='', id_column='', label_column='', exclude=())
+  with pytest.raises(FolderFormatError) as error:
+    folder_files.read_all(tmp_path, config)
+  assert _problems(error) == {('x1.png', "file name does not match group_pattern '(....)_'")}
+  with pytest.raises(FolderFormatError, match="group_pattern: '\(' is not a regular"):
+    check(tmp_path, dataclasses.replace(config, group_pattern='('))
+  with pytest.raises(FolderFormatError, match='group_pattern, group_column: both set'):
+    check(tmp_path, dataclasses.replace(BUS_UCLM, group_column='Image'))
+
+
 # --- The TFDS build. ---
 
 
@@ -308,3 +403,20 @@ def test_real_busbra_pairs_labels_and_patient_splits():
   for record in records:
     sides[record.group].add(splits[record.image_id])
   assert len(sides) == 638 and all(len(s) == 1 for s in sides.values())
+
+
+@pytest.mark.slow  # Reads the real BUS-UCLM copy.
+def test_real_bus_uclm_labels_exclusions_and_patient_splits():
+  if not REAL_BUS_UCLM.is_dir():
+    pytest.skip(f'no real BUS-UCLM copy at {REAL_BUS_UCLM}')
+  records = folder_files.read_all(REAL_BUS_UCLM, BUS_UCLM)
+  assert len(records) == 437  # 450 minus the 13 listed HESN scans.
+  assert collections.Counter(r.label for r in records) == {'normal': 272, 'benign': 102,
+                                                            'malignant': 63}
+  assert folder_files.excluded(REAL_BUS_UCLM, BUS_UCLM) == [f'HESN_{i:03d}' for i in range(13)]
+  splits = seg_folder_dataset_builder.assign_splits(records, BUS_UCLM)
+  patients = collections.defaultdict(set)
+  for record in records:
+    patients[record.group].add(splits[record.image_id])
+  assert len(patients) == 25 and all(len(s) == 1 for s in patients.values())
+  assert collections.Counter(splits.values()) == {'train': 275, 'validation': 66, 'test': 96}
