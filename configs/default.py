@@ -68,16 +68,6 @@ def get_config() -> ml_collections.ConfigDict:
   # '' = in proportion to their sizes. An epoch has as many batches as the datasets have
   # examples together.
   data.mix_weights = ''
-  # Share of the training examples drawn from the normal (lesion-free) scans of all datasets,
-  # whatever the mix; the lesion scans share the rest at `mix_weights`. 0 = the normal scans'
-  # natural share. A mix with a dataset that has none (BUS-BRA) dilutes them otherwise; on
-  # BUSI + BUS-BRA, 0.25 did not help (docs/experiments.md, session 10).
-  data.normal_fraction = 0.0
-  # Share of the training examples that are lesion-free crops of lesion scans: the largest
-  # strip beside, above or below the lesion, trained on as an empty scan (every dataset gives
-  # some, BUS-BRA included). 0 = off. On BUSI (+ BUS-BRA), 0.2 cleared unseen strips but not
-  # unseen normal scans (docs/experiments.md, session 11).
-  data.lesion_free_crops = 0.0
   data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets).
   data.image_size = 256
   data.include_normal_in_train = True  # Normal scans teach the net to predict "no lesion".
@@ -94,9 +84,6 @@ def get_config() -> ml_collections.ConfigDict:
   augment.contrast = 0.2
   augment.gamma = 0.2
   augment.speckle_std = 0.05  # Multiplicative (Rayleigh-like) noise, as in ultrasound.
-  # Share of examples replaced by a random strip-shaped window of the scan (full height or
-  # width, 40-100 % of the other side; the lesion may be in it, cut by it or outside it).
-  augment.frame_crop = 0.0
   # Synthetic demo data (data.source='synthetic').
   data.synthetic = synthetic = ml_collections.ConfigDict()
   synthetic.num_train = 96
@@ -112,8 +99,6 @@ def get_config() -> ml_collections.ConfigDict:
   # Image-level "lesion present" head; its probability multiplies the pixel probabilities,
   # which keeps lesion-like shadows on normal scans from becoming predicted lesions.
   model.presence_head = True
-  # Attention U-Net gates: the decoder weights each skip connection's pixels (Oktay et al.).
-  model.attention_gates = False
   # decoder_1 ... decoder_k also predict the (average-pooled) mask during training, with loss
   # weights 1/2, 1/4, ... (nnU-Net's deep supervision). 0 = off.
   model.deep_supervision = 3

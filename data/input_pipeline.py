@@ -231,19 +231,12 @@ class TrainInput:
   """
 
   def __init__(self, raw_ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, *,
-               batch_size: int, seed: int, scans: str = 'all'):
-    """`scans`: 'all' (without the normal ones if `data.include_normal_in_train` is off),
-    'lesion' or 'normal' (one side of a mix that fixes the normal scans' share), or
-    'lesion_free_crops' (`augment.lesion_free_strips`)."""
+               batch_size: int, seed: int):
     self._config = data_config
     self._batch_size = batch_size
     self._seed = seed
-    if scans == 'lesion' or (scans == 'all' and not data_config.include_normal_in_train):
+    if not data_config.include_normal_in_train:
       raw_ds = raw_ds.filter(lambda ex: ex['label'] != classes.NORMAL)
-    elif scans == 'normal':
-      raw_ds = raw_ds.filter(lambda ex: ex['label'] == classes.NORMAL)
-    elif scans == 'lesion_free_crops':
-      raw_ds = augment.lesion_free_strips(raw_ds)
     # The index travels with each example so its augmentation does not depend on the order.
     ds = raw_ds.enumerate().map(
         lambda i, ex: (i, _resize(ex, data_config.image_size)),
@@ -295,14 +288,12 @@ class MixedTrainInput:
   """
 
   def __init__(self, inputs: Mapping[str, TrainInput], weights: Mapping[str, float], *,
-               batch_size: int, seed: int, num_examples: int | None = None):
-    """`num_examples`: an epoch's worth of examples; default: the inputs' sizes added up."""
+               batch_size: int, seed: int):
     self._inputs = dict(inputs)
     self.weights = {name: float(weights[name]) for name in self._inputs}
     self._batch_size = batch_size
     self._seed = seed
-    self.num_examples = num_examples or sum(
-        train.num_examples for train in self._inputs.values())
+    self.num_examples = sum(train.num_examples for train in self._inputs.values())
     self.steps_per_epoch = self.num_examples // batch_size
 
   def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
@@ -322,58 +313,13 @@ class MixedTrainInput:
 def train_input(raw_splits: Mapping[str, tf.data.Dataset],
                 data_config: ml_collections.ConfigDict, *, batch_size: int,
                 seed: int) -> TrainInput | MixedTrainInput:
-  """The training batches of one dataset or of several mixed at `data.mix_weights`.
-
-  With `data.normal_fraction` set, the normal (lesion-free) scans of all datasets form their
-  own stream drawn at that share, and the datasets' lesion scans share the rest at their mix
-  weights. Why: the normal scans are what teaches the network that a scan can be empty; mixing
-  in a dataset without any (BUS-BRA) would otherwise dilute them with every example it adds.
-  With `data.lesion_free_crops` set, that share of the stream is the lesion scans'
-  `augment.lesion_free_strips` (each dataset in proportion to its strips) and everything else
-  is scaled down to the rest; an epoch stays as long as the scans alone make it.
-  """
-  names = list(raw_splits)
-
-  def parts_of(scans: str, first_seed: int) -> dict[str, TrainInput]:
-    return {name: TrainInput(raw_splits[name], data_config, batch_size=batch_size,
-                             seed=first_seed + i, scans=scans) for i, name in enumerate(names)}
-
-  fraction = data_config.normal_fraction
-  if not fraction:
-    parts = parts_of('all', seed)
-    weights = mix_weights(data_config, {n: p.num_examples for n, p in parts.items()})
-  else:
-    lesion, normal = parts_of('lesion', seed), parts_of('normal', seed + len(names))
-    num_normal = sum(part.num_examples for part in normal.values())
-    if not num_normal:
-      raise ValueError(f'config.data.normal_fraction={fraction} but the training split of '
-                       f'{" + ".join(names)} has no normal scans. Set it to 0, or add a '
-                       f'dataset with lesion-free scans.')
-    lesion_weights = mix_weights(data_config, {n: p.num_examples for n, p in lesion.items()})
-    parts, weights = {}, {}
-    for name in names:
-      parts[f'{name} lesion'] = lesion[name]
-      weights[f'{name} lesion'] = (1 - fraction) * lesion_weights[name]
-      if normal[name].num_examples:
-        parts[f'{name} normal'] = normal[name]
-        weights[f'{name} normal'] = fraction * normal[name].num_examples / num_normal
-  num_scans = sum(part.num_examples for part in parts.values())
-  crop_share = data_config.lesion_free_crops
-  if crop_share:
-    crops = parts_of('lesion_free_crops', seed + 2 * len(names))
-    num_crops = sum(part.num_examples for part in crops.values())
-    if not num_crops:
-      raise ValueError(f'config.data.lesion_free_crops={crop_share} but no lesion scan in the '
-                       f'training split of {" + ".join(names)} has a lesion-free strip.')
-    weights = {part: (1 - crop_share) * weight for part, weight in weights.items()}
-    for name, part in crops.items():
-      if part.num_examples:
-        parts[f'{name} lesion-free crops'] = part
-        weights[f'{name} lesion-free crops'] = crop_share * part.num_examples / num_crops
+  """The training batches of one dataset, or of several mixed at `data.mix_weights`."""
+  parts = {name: TrainInput(raw, data_config, batch_size=batch_size, seed=seed + i)
+           for i, (name, raw) in enumerate(raw_splits.items())}
   if len(parts) == 1:
     return next(iter(parts.values()))
-  return MixedTrainInput(parts, weights, batch_size=batch_size, seed=seed,
-                         num_examples=num_scans)
+  weights = mix_weights(data_config, {name: part.num_examples for name, part in parts.items()})
+  return MixedTrainInput(parts, weights, batch_size=batch_size, seed=seed)
 
 
 def eval_batches(raw_ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, *,

@@ -273,54 +273,6 @@ def test_a_repeated_dataset_is_augmented_anew_on_each_pass():
   assert len(images) == 48
 
 
-def _dark_share(train_input, epochs):
-  images = np.concatenate([b['image'] for e in range(epochs) for b in _epoch(train_input, e)])
-  return np.mean(images.reshape(len(images), -1).max(axis=1) < 0.5)
-
-
-def test_normal_fraction_fixes_the_normal_scans_share_whatever_the_mix():
-  config = _config(enabled=False)
-  raw = {'busi': _raw(_bright_lesion_examples(30) + _dark_examples(3)),
-         'busbra': _raw(_bright_lesion_examples(20, seed=1))}
-  natural = input_pipeline.train_input(raw, config, batch_size=8, seed=0)
-  assert _dark_share(natural, 4) < 0.15  # 3 of 53 examples.
-  config.normal_fraction = 0.5
-  fixed = input_pipeline.train_input(raw, config, batch_size=8, seed=0)
-  assert (fixed.num_examples, fixed.steps_per_epoch) == (53, 6)  # An epoch is as long.
-  assert fixed.weights == pytest.approx({'busi lesion': 0.3, 'busi normal': 0.5,
-                                         'busbra lesion': 0.2})
-  assert 0.38 < _dark_share(fixed, 4) < 0.62  # 192 draws: +-0.036 is one std.
-  config.mix_weights = 'busi=3,busbra=1'  # The mix weights now split the lesion scans' half.
-  assert input_pipeline.train_input(raw, config, batch_size=8, seed=0).weights == (
-      pytest.approx({'busi lesion': 0.375, 'busi normal': 0.5, 'busbra lesion': 0.125}))
-
-
-def test_normal_fraction_needs_normal_scans_and_is_off_by_default_for_one_dataset():
-  config = _config(enabled=False)
-  raw = {'busbra': _raw(_bright_lesion_examples(20))}
-  assert isinstance(input_pipeline.train_input(raw, config, batch_size=8, seed=0),
-                    input_pipeline.TrainInput)
-  config.normal_fraction = 0.2
-  with pytest.raises(ValueError, match='busbra has no normal scans'):
-    input_pipeline.train_input(raw, config, batch_size=8, seed=0)
-
-
-def test_lesion_free_crops_take_their_share_without_lengthening_the_epoch():
-  config = _config(enabled=False)
-  raw = {'busi': _raw(_bright_lesion_examples(30)),
-         'busbra': _raw(_bright_lesion_examples(20, seed=1))}
-  assert _dark_share(input_pipeline.train_input(raw, config, batch_size=8, seed=0), 2) == 0
-  config.lesion_free_crops = 0.5
-  mixed = input_pipeline.train_input(raw, config, batch_size=8, seed=0)
-  assert (mixed.num_examples, mixed.steps_per_epoch) == (50, 6)
-  crops = {name: weight for name, weight in mixed.weights.items() if 'crops' in name}
-  assert set(crops) == {'busi lesion-free crops', 'busbra lesion-free crops'}
-  assert sum(crops.values()) == pytest.approx(0.5)
-  assert sum(mixed.weights.values()) == pytest.approx(1.0)
-  # The crops are the only dark examples: the bright scans' lesion box is cut away.
-  assert 0.38 < _dark_share(mixed, 4) < 0.62
-
-
 def test_mix_weights_default_to_dataset_sizes_and_must_name_every_dataset():
   config = _config()
   assert input_pipeline.mix_weights(config, {'busi': 30, 'busbra': 90}) == {

@@ -133,33 +133,3 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
   tta = model_lib.inference_logits(model, variables, x, flip_tta=True)
   np.testing.assert_allclose(tta, (plain + mirrored) / 2, atol=1e-5)
   assert float(jnp.max(jnp.abs(tta - plain))) > 1e-4  # A random net is not mirror-symmetric.
-
-
-def test_attention_gate_weights_each_skip_pixel_as_the_additive_formula_says():
-  skip = jax.random.normal(jax.random.key(3), (2, 8, 8, 6))
-  gating = jax.random.normal(jax.random.key(4), (2, 8, 8, 5))
-  gate = model_lib.AttentionGate(features=3)
-  params = gate.init(jax.random.key(0), skip, gating)['params']
-  params['weight']['bias'] = jnp.array([0.7])  # Away from the zero init, to be checked too.
-  out = gate.apply({'params': params}, skip, gating)
-  joint = (skip @ params['skip_proj']['kernel'][0, 0] + params['skip_proj']['bias'] +
-           gating @ params['gating_proj']['kernel'][0, 0])
-  weight = jax.nn.sigmoid(jnp.maximum(joint, 0) @ params['weight']['kernel'][0, 0] +
-                          params['weight']['bias'])
-  np.testing.assert_allclose(out, skip * weight, rtol=1e-5, atol=1e-6)
-  assert float(jnp.std(weight)) > 1e-3  # One weight per pixel, not one per image.
-
-
-def test_attention_gates_sit_on_the_skips_below_full_resolution_and_change_the_output():
-  x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
-  config = default.get_config().model
-  config.update(base_features=4, depth=3, deep_supervision=0, attention_gates=True)
-  gated = model_lib.create_model(config)
-  variables = model_lib.init_variables(gated, 0, 32)
-  assert {n for n in variables['params'] if n.startswith('gate_')} == {'gate_1', 'gate_2'}
-  assert variables['params']['gate_2']['skip_proj']['kernel'].shape == (1, 1, 16, 8)
-  plain_params = {n: v for n, v in variables['params'].items() if not n.startswith('gate_')}
-  plain = model_lib.UNet(base_features=4, depth=3)
-  # Without the gates, the same weights give another mask: the gates are in the path.
-  assert float(jnp.max(jnp.abs(gated.apply(variables, x) - plain.apply(
-      {**variables, 'params': plain_params}, x)))) > 1e-4

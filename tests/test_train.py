@@ -202,6 +202,23 @@ def test_config_round_trips_and_a_workdir_of_another_format_is_refused_by_name(t
     checkpointing.load_config(str(tmp_path))
 
 
+def test_a_workdir_from_before_added_and_removed_fields_reads_unless_it_used_one(tmp_path):
+  config = _config()
+  checkpointing.save_config(config, str(tmp_path))
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  del saved['data']['bus_uclm_dir'], saved['data']['folder']['group_pattern']
+  saved['model']['attention_gates'] = False  # A removed option, off.
+  saved['data']['normal_fraction'] = 0.0
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  assert checkpointing.load_config(str(tmp_path)).to_dict() == json.loads(
+      config.to_json_best_effort())
+  saved['data']['normal_fraction'] = 0.25  # A removed option, used: another training stream.
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  with pytest.raises(checkpointing.WorkdirMismatchError,
+                     match='trained with config.data.normal_fraction=0.25, an option'):
+    checkpointing.load_config(str(tmp_path))
+
+
 def test_evaluating_a_workdir_with_another_model_config_names_the_difference(tmp_path):
   checkpointing.save_config(_config(), str(tmp_path))
   other = _config()

@@ -169,6 +169,19 @@ _ADDED_FIELDS = ('data.bus_uclm_dir', 'data.folder.csv_delimiter', 'data.folder.
                  'data.folder.label_colours', 'data.folder.exclude')
 
 
+# Options measured, not adopted and removed (docs/experiments.md), with the value that meant
+# "off": a workdir trained with one off reads as if it never had it; one that used it is
+# refused, since this code would run another model or data than it trained.
+_REMOVED_FIELDS = {'data.normal_fraction': 0.0, 'data.lesion_free_crops': 0.0,
+                   'data.augment.frame_crop': 0.0, 'model.attention_gates': False}
+
+
+def _node(config: ml_collections.ConfigDict, dotted: str):
+  """(the ConfigDict holding field `dotted`, the field's name)."""
+  *parents, field = dotted.split('.')
+  return functools.reduce(lambda c, key: c[key], parents, config), field
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The workdir's config.json; one of another `FORMAT_VERSION` is refused with its version."""
   path = os.path.join(workdir, CONFIG_FILE)
@@ -184,10 +197,18 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(saved)
   defaults = default_config.get_config()
   for name in _ADDED_FIELDS:
-    *parents, field = name.split('.')
-    node = functools.reduce(lambda c, key: c[key], parents, config)
+    node, field = _node(config, name)
     if field not in node:
-      node[field] = functools.reduce(lambda c, key: c[key], name.split('.'), defaults)
+      node[field] = _lookup(defaults, name)
+  for name, off in _REMOVED_FIELDS.items():
+    node, field = _node(config, name)
+    if field in node:
+      if node[field] != off:
+        raise WorkdirMismatchError(
+            f'{path} was trained with config.{name}={node[field]}, an option this busi-unet '
+            'no longer has (docs/experiments.md says why). Use the busi-unet release that '
+            'trained it.')
+      del node[field]
   return config
 
 

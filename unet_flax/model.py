@@ -100,25 +100,6 @@ class Upsample(nn.Module):
     return nn.Conv(self.features, (3, 3), dtype=self.dtype)(x)
 
 
-class AttentionGate(nn.Module):
-  """Attention U-Net's additive gate (Oktay et al. 2018) on a skip connection.
-
-  The encoder's skip carries every lesion-like texture of the scan at full detail; the
-  decoder's upsampled features know which region the coarser levels settled on. A per-pixel
-  weight in (0, 1), from both, damps the skip elsewhere before the two are concatenated.
-  """
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, skip, gating):
-    joint = (nn.Conv(self.features, (1, 1), dtype=self.dtype, name='skip_proj')(skip) +
-             nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                     name='gating_proj')(gating))
-    weight = nn.sigmoid(nn.Conv(1, (1, 1), dtype=self.dtype, name='weight')(nn.relu(joint)))
-    return skip * weight
-
-
 class PresenceHead(nn.Module):
   """Image-level "is there a lesion?" logit, (B,), from global context (the bottleneck).
 
@@ -150,9 +131,7 @@ class UNet(nn.Module):
   precision); parameters stay float32. With `presence_head`, inference returns the mask
   logits gated by the image-level lesion probability (`gate_logits`); training returns the
   raw mask logits and `sow`s the presence logits into the 'aux' collection, so each head gets
-  its own loss. With `attention_gates`, the skips of levels 1 ... depth-1 pass through an
-  `AttentionGate` driven by the upsampled decoder features (level 0's full-resolution gate
-  would add about 8 % to a CPU train step for the least context). With `deep_supervision=k`,
+  its own loss. With `deep_supervision=k`,
   decoder_1 ... decoder_k get their own 1x1 logits head too, sown as 'aux'/'deep_logits'
   (coarsest first) for the training loss only.
   """
@@ -162,7 +141,6 @@ class UNet(nn.Module):
   dropout: float = 0.0
   upsample: str = 'transpose'
   presence_head: bool = False
-  attention_gates: bool = False
   deep_supervision: int = 0
   dtype: Any = jnp.float32
 
@@ -190,10 +168,7 @@ class UNet(nn.Module):
     for level in reversed(range(self.depth)):
       features = self.base_features * 2**level
       x = Upsample(features, self.upsample, self.dtype, name=f'upsample_{level}')(x)
-      skip = skips[level]
-      if self.attention_gates and level >= 1:
-        skip = AttentionGate(features // 2, self.dtype, name=f'gate_{level}')(skip, x)
-      x = jnp.concatenate([x, skip], axis=-1)
+      x = jnp.concatenate([x, skips[level]], axis=-1)
       x = ConvBlock(features, self.norm, dtype=self.dtype, name=f'decoder_{level}')(x, train)
       if 1 <= level <= self.deep_supervision:
         # Built in inference too (same parameters either way); XLA drops the unused output.
@@ -213,7 +188,6 @@ def create_model(model_config, half_precision: bool = False) -> UNet:
               norm=model_config.norm, dropout=model_config.dropout,
               upsample=model_config.upsample,
               presence_head=model_config.presence_head,
-              attention_gates=model_config.attention_gates,
               deep_supervision=model_config.deep_supervision,
               dtype=jnp.bfloat16 if half_precision else jnp.float32)
 

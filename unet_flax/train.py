@@ -198,15 +198,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f'2**model.depth = {factor}.')
   sharding.check_batch_size(config.train.batch_size)
   sharding.check_batch_size(config.eval.batch_size, 'eval.batch_size')
-  for name in ('data.normal_fraction', 'data.lesion_free_crops', 'data.augment.frame_crop',
-               'eval.min_lesion_fraction'):
-    value = functools.reduce(getattr, name.split('.'), config)
-    if not 0 <= value < 1:
-      raise ValueError(f'config.{name}={value} must be in [0, 1).')
-  fraction = config.data.normal_fraction
-  if fraction and not config.data.include_normal_in_train:
-    raise ValueError(f'config.data.normal_fraction={fraction} asks for normal scans in '
-                     'training, but config.data.include_normal_in_train is off.')
+  fraction = config.eval.min_lesion_fraction
+  if not 0 <= fraction < 1:
+    raise ValueError(f'config.eval.min_lesion_fraction={fraction} must be in [0, 1).')
 
 
 def _check_steps_per_epoch(steps_per_epoch: int, num_examples: int, batch_size: int) -> None:
@@ -222,8 +216,8 @@ def _training_data(config, input_pipeline, local_batch: int):
 
   Each process trains on its share of 'train' but evaluates the whole validation and test
   splits, so all compute the same metrics and take the same (collective) checkpoint steps.
-  Several datasets (`data.source='busi+busbra'`) are mixed at `data.mix_weights`, and
-  `data.normal_fraction` fixes the normal scans' share (`input_pipeline.train_input`).
+  Several datasets (`data.source='busi+busbra'`) are mixed at `data.mix_weights`
+  (`input_pipeline.train_input`).
   """
   names = input_pipeline.sources(config.data)
   train, validation, test = {}, {}, {}
