@@ -6,6 +6,7 @@ temporary workdir and at two scans standing in for the user's upload.
 """
 import os
 import re
+import zipfile
 
 import nbformat
 import pytest
@@ -74,10 +75,13 @@ def test_notebook_runs_on_cpu_and_shows_the_figures(tmp_path):
   outputs = [out for cell in nb.cells if cell.cell_type == 'code' for out in cell.outputs]
   text = ''.join(out.get('text', '') for out in outputs)
   assert 'configs/synthetic.py' in text and 'SYNTHETIC DEMO' in text
-  assert 'Pointing game, bottleneck' in text
+  assert 'Pointing game, decoder_1' in text
   images = [out for out in outputs if 'image/png' in out.get('data', {})]
   assert len(images) >= 6  # Curves, predictions, layer comparison, overlays.
-  assert os.path.getsize(tmp_path / 'run.zip') > 0
+  with zipfile.ZipFile(tmp_path / 'run.zip') as archive:  # The best model, not the resume state.
+    names = archive.namelist()
+  assert any(name.startswith('checkpoints/best/') for name in names)
+  assert 'config.json' in names and not any(name.startswith('checkpoints/latest') for name in names)
 
   # Through the notebook's pipe the training bar prints a line every few seconds at most
   # (and its last line), not one per step.
