@@ -4,14 +4,15 @@
 #   benchmarks/compare_torch.sh [configs/cpu.py] [extra --config.* overrides...]
 # Needs a separate torch venv (never install torch into the project's venv):
 #   python3 -m venv ~/torchvenv && ~/torchvenv/bin/pip install torch==2.13.0 numpy
-# TORCH_REF is the PyTorch reference U-Net script (same layers, Dice + BCE, Adam) to time.
+# benchmarks/torch_unet_reference.py is the PyTorch U-Net timed (same layers, Dice + BCE, Adam);
+# TORCH_REF may name another script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/cpu.py}
 shift || true
 PYTHON=${PYTHON:-python}
 TORCH_PYTHON=${TORCH_PYTHON:-$HOME/torchvenv/bin/python}
-TORCH_REF=${TORCH_REF:?set TORCH_REF to the PyTorch reference script}
+TORCH_REF=${TORCH_REF:-benchmarks/torch_unet_reference.py}
 THREADS=${THREADS:-$(nproc)}
 
 read -r SIZE BATCH FEATURES DEPTH < <(PYTHONPATH=. "$PYTHON" -c "
