@@ -124,8 +124,6 @@ def protocol(config, source: str, split: str, summary: dict, checkpoint_note: st
 
 def best_note(best: dict) -> str:
   """How the evaluated checkpoint (and its threshold) was chosen, for the protocol sentence."""
-  if 'val_all_images_dice' not in best:  # Workdirs from before the all-image criterion.
-    return f"epoch {best['epoch']}, chosen on validation lesion Dice {best['val_dice']:.4f}"
   note = (f"epoch {best['epoch']}, chosen on validation all-image Dice "
           f"{best['val_all_images_dice']:.4f} (lesion Dice; a normal scan 1 if empty, else 0)")
   if 'threshold' in best:
