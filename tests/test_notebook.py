@@ -4,8 +4,11 @@ Cells tagged `colab-only` (code download, install, Drive, Kaggle, TensorBoard, u
 download) are dropped; a cell after the `parameters` cell makes the run tiny, points it at a
 temporary workdir and at two scans standing in for the user's upload.
 """
+import glob
 import os
 import re
+import shutil
+import subprocess
 import zipfile
 
 import nbformat
@@ -126,3 +129,17 @@ def test_drive_is_mounted_only_when_a_setting_uses_it(dataset, source, workdir, 
       _run_cell(cell, **settings)
   else:
     _run_cell(cell, **settings)
+
+
+def test_a_gpu_runtime_whose_jax_runs_on_the_cpu_stops_loudly(monkeypatch):
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  probe = _cell(nb, 'PROBE = ')
+  cpu = '{"backend": "cpu", "count": 1, "kind": "cpu", "compute_capability": null}'
+  monkeypatch.setattr(subprocess, 'run', lambda *a, **k: subprocess.CompletedProcess(a, 0, cpu))
+  monkeypatch.setattr(shutil, 'which', lambda name: '/usr/bin/nvidia-smi')
+  with pytest.raises(RuntimeError, match='has a GPU, but JAX runs on the CPU'):
+    _run_cell(probe)
+  monkeypatch.setattr(shutil, 'which', lambda name: None)  # No accelerator: the demo runs.
+  monkeypatch.setattr(glob, 'glob', lambda pattern, **k: [])
+  monkeypatch.setattr(os.path, 'isdir', lambda path: False)
+  _run_cell(probe)
