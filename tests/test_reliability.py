@@ -190,9 +190,9 @@ def test_nan_update_is_skipped_and_counted_when_configured(monkeypatch, tmp_path
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'data.image_size': 34}, r'image_size=34 must be divisible by 2\*\*model.depth = 4'),
-    ({'train.batch_size': 0}, 'train.batch_size must be at least 1, got 0'),
-    ({'train.checkpoint_every_epochs': 0}, 'checkpoint_every_epochs must be at least 1'),
+    ({'data.image_size': 34}, r'image_size=34 must be a positive multiple of 2\*\*model.depth = 4'),
+    ({'train.batch_size': 0}, 'train.batch_size=0 must be an integer >= 1'),
+    ({'train.checkpoint_every_epochs': 0}, 'checkpoint_every_epochs=0 must be an integer >= 1'),
     ({'data.normal_fraction': 1.0}, r'normal_fraction=1.0 must be in \[0, 1\)'),
     ({'data.lesion_free_crops': -0.1}, r'lesion_free_crops=-0.1 must be in \[0, 1\)'),
     ({'data.augment.frame_crop': 1.5}, r'frame_crop=1.5 must be in \[0, 1\)'),
