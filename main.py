@@ -23,6 +23,8 @@ from absl import logging
 from ml_collections import config_flags
 
 import configs
+from data import names
+from unet_flax import config_checks
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration (configs/*.py).',
@@ -32,7 +34,7 @@ flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict', 'gradcam', '
                   'What to do.')
 flags.DEFINE_string('split', 'test', 'evaluate/gradcam: TFDS split expression, e.g. '
                     '"train+validation+test".')
-flags.DEFINE_enum('dataset', None, ['busi', 'busbra', 'bus_uclm', 'folder', 'synthetic'],
+flags.DEFINE_enum('dataset', None, list(names.SOURCES),
                   'evaluate/gradcam: the dataset to score the model on (default: each one it '
                   'was trained on), e.g. a BUSI model on BUS-BRA.')
 flags.DEFINE_string('manual_dir', None, 'evaluate/gradcam: another copy of that dataset '
@@ -48,10 +50,15 @@ flags.DEFINE_boolean('cams', True, 'predict: Seg-Grad-CAM maps (X_cam.npy); fals
                      'they show the CAM).')
 flags.DEFINE_boolean('overlays', True, 'predict: overlay figures (X_overlay.png), the slowest '
                      'output to draw.')
+flags.DEFINE_float('threshold', None, 'predict: lesion probability threshold, 0 < t < 1, '
+                   'instead of the one chosen on validation with the model (lower marks more).')
+flags.DEFINE_boolean('probabilities', False, 'predict: also write X_probability.png, the '
+                     'lesion probability of each pixel at the original size as a 16-bit '
+                     'grayscale PNG: probability = value / 65535.')
 # decoder_1 points at the lesion far more often than a coarse bottleneck (README, Grad-CAM).
 flags.DEFINE_list('layers', ['decoder_1'], 'gradcam: layers to compare (first one is used '
                   'by predict), e.g. "encoder_3,bottleneck,decoder_1".')
-flags.DEFINE_integer('max_images', 16, 'gradcam: images to draw.')
+flags.DEFINE_integer('max_images', 16, 'gradcam: images to draw.', lower_bound=0)
 
 
 # Where each dataset's download is configured.
@@ -96,17 +103,32 @@ def _evaluate():
                            FLAGS.split), FLAGS.workdir, FLAGS.compare_to))
 
 
+def _usage_error(message) -> None:
+  """Ends a run whose command line or config is wrong: one line, exit status 2."""
+  print(f'FATAL {message}', file=sys.stderr)
+  sys.exit(2)
+
+
 def _parse_flags(argv):
-  """absl's parser, but a misspelt --config.* override or a --config file that cannot be
-  loaded is one clear line, not a traceback."""
+  """absl's parser, but every mistake (an unknown flag or config field, a value of the wrong
+  kind, a --config file that cannot be loaded) is one line, and --help is no failure."""
   try:
     argv = FLAGS(argv)
+  except SystemExit as e:  # absl's --help and --helpfull print the help, then exit 1.
+    sys.exit(0 if e.code == 1 else e.code)
+  except flags.UnrecognizedFlagError as e:
+    hint = (' (--config.* overrides need a --config=configs/<name>.py)'
+            if e.flagname.startswith('config.') and FLAGS['config'].value is None else '')
+    _usage_error(f'{e}{hint}')
+  except flags.Error as e:  # A value absl or the config cannot take, e.g. --mode=segment.
+    _usage_error(e)
   except (AttributeError, KeyError) as e:  # What ml_collections raises for an unknown field.
     while e.args and isinstance(e.args[0], BaseException):
       e = e.args[0]
     overrides = [arg for arg in argv[1:] if arg.startswith('--config.')]
-    sys.exit(f'FATAL Unknown config field in {" ".join(overrides)}: '
-             f'{e.args[0] if e.args else e}\nEvery field is listed in configs/default.py.')
+    reason = ' '.join(str(e.args[0] if e.args else e).split())
+    _usage_error(f'Unknown config field in {" ".join(overrides)}: {reason} Every field is '
+                 'listed in configs/default.py.')
   try:
     # ml_collections defers a load failure to the config's first use.
     FLAGS.config is None or FLAGS.config.keys()  # pylint: disable=expression-not-assigned
@@ -116,9 +138,53 @@ def _parse_flags(argv):
     filename = FLAGS['config'].config_filename.split(':')[0]
     reason = ('no such file' if not os.path.exists(filename) else
               f'{type(e).__name__}: {" ".join(str(e).split())}')
-    sys.exit(f'FATAL Cannot load --config={filename} ({reason}). Shipped configs: '
-             f'{", ".join(f"configs/{name}.py" for name in configs.shipped())}.')
+    _usage_error(f'Cannot load --config={filename} ({reason}). Shipped configs: '
+                 f'{", ".join(f"configs/{name}.py" for name in configs.shipped())}.')
   return argv
+
+
+def _check_flags(argv) -> None:
+  """Every flag and config value that needs no workdir, before anything heavy is imported."""
+  problem = None
+  if len(argv) > 1:
+    problem = f'Unexpected arguments {argv[1:]}: every option is a --flag=value.'
+  elif FLAGS.mode != 'benchmark' and not FLAGS.workdir:
+    problem = f'--workdir is required for --mode={FLAGS.mode}.'
+  elif FLAGS.mode in ('train', 'benchmark') and FLAGS.config is None:
+    problem = (f'--config is required for --mode={FLAGS.mode}, e.g. '
+               '--config=configs/synthetic.py.')
+  elif FLAGS.mode == 'predict' and not (FLAGS.input and FLAGS.output):
+    problem = '--mode=predict needs --input (files, folders or globs) and --output (a folder).'
+  elif not FLAGS.layers:
+    problem = '--layers is empty: name one or more, e.g. --layers=decoder_1.'
+  if problem:
+    _usage_error(problem)
+  try:
+    if FLAGS.threshold is not None:
+      config_checks.check_range('--threshold', FLAGS.threshold, config_checks.PROBABILITY)
+    names.check_split(FLAGS.split, '--split')
+    if FLAGS.config is not None:
+      config_checks.check(FLAGS.config)
+  except ValueError as e:
+    _usage_error(e)
+
+
+def _check_against_model(config) -> None:
+  """The flags whose choices the workdir's model and datasets (`config`) set."""
+  if FLAGS.mode in ('predict', 'gradcam'):
+    from unet_flax import model as model_lib
+    layers = model_lib.layer_names(config.model.depth)
+    unknown = [layer for layer in FLAGS.layers if layer not in layers]
+    if unknown:
+      raise config_checks.ConfigError(
+          f'--layers={",".join(FLAGS.layers)}: this model (depth {config.model.depth}) has '
+          f'no {", ".join(unknown)}; its layers are {", ".join(layers)}.')
+  if FLAGS.mode in ('evaluate', 'gradcam'):
+    datasets = [FLAGS.dataset] if FLAGS.dataset else names.sources(config.data)
+    try:
+      names.check_split(FLAGS.split, '--split', slices='synthetic' not in datasets)
+    except ValueError as e:
+      raise config_checks.ConfigError(str(e)) from None
 
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -139,12 +205,16 @@ def _user_errors() -> tuple[type[Exception], ...]:
   from data.busi import dataset_files
   from data.seg_folder import FolderFormatError
   from unet_flax import checkpointing
-  return (FileNotFoundError, provenance.StaleBuildError, FolderFormatError,
+  return (FileNotFoundError, config_checks.ConfigError, provenance.StaleBuildError,
+          FolderFormatError,
           dataset_files.BusiFormatError, checkpointing.UnreadableCheckpointError,
           checkpointing.WorkdirMismatchError)
 
 
 def _run():
+  if FLAGS.mode in ('evaluate', 'predict', 'gradcam'):
+    from unet_flax import checkpointing
+    _check_against_model(FLAGS.config or checkpointing.load_config(FLAGS.workdir))
   if FLAGS.mode == 'train':
     from unet_flax import train
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -152,12 +222,12 @@ def _run():
     _evaluate()
   elif FLAGS.mode == 'predict':
     from unet_flax import checkpointing, predict
-    if not FLAGS.input or not FLAGS.output:
-      raise app.UsageError('--mode=predict needs --input and --output.')
     config, model, variables, _ = checkpointing.load_inference(FLAGS.workdir, FLAGS.config)
+    if FLAGS.threshold is not None:  # The user's, instead of the one chosen on validation.
+      config.eval.threshold = FLAGS.threshold
     failures = predict.predict_files(model, variables, config, FLAGS.input, FLAGS.output,
                                      layer=FLAGS.layers[0], overlays=FLAGS.overlays,
-                                     cams=FLAGS.cams)
+                                     cams=FLAGS.cams, probabilities=FLAGS.probabilities)
     if failures:
       logging.error('%d input file(s) could not be processed (see above).', failures)
       sys.exit(1)
@@ -175,12 +245,7 @@ def _run():
 def main(argv):
   if FLAGS.verbosity < 1:
     logging.get_absl_handler().addFilter(_ProjectInfoOnly())
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if FLAGS.mode != 'benchmark' and not FLAGS.workdir:
-    raise app.UsageError('--workdir is required.')
-  if FLAGS.mode in ('train', 'benchmark') and FLAGS.config is None:
-    raise app.UsageError(f'--config is required for --mode={FLAGS.mode}.')
+  _check_flags(argv)
   from unet_flax import distributed
   distributed.maybe_initialize(FLAGS.config)
   try:
@@ -191,8 +256,10 @@ def main(argv):
     message = str(e)
     if FLAGS.mode in ('evaluate', 'gradcam') and not FLAGS.config:
       # There the data folder is given by --manual_dir, not by a config override.
-      message = re.sub(r'--config\.data\.(manual_dir|busbra_dir|bus_uclm_dir|folder\.dir)', '--manual_dir',
-                       message)
+      message = re.sub(r'--config\.data\.(manual_dir|busbra_dir|bus_uclm_dir|folder\.dir)',
+                       '--manual_dir', message)
+    if isinstance(e, config_checks.ConfigError):
+      _usage_error(message)
     sys.exit(f'FATAL {message}')
 
 

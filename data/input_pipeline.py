@@ -20,13 +20,11 @@ import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from data import augment  # pylint: disable=g-import-not-at-top
 from data import classes  # pylint: disable=g-import-not-at-top
+from data import names as names_lib  # pylint: disable=g-import-not-at-top
 from data import provenance  # pylint: disable=g-import-not-at-top
 from data import synthetic  # pylint: disable=g-import-not-at-top
+from data.names import SPLITS, sources  # pylint: disable=g-import-not-at-top,unused-import
 
-SPLITS = ('train', 'validation', 'test')
-# Dataset names that `data.source` accepts ('busi+busbra' trains on both). 'folder' is the
-# user's own folder of images and masks, described by `data.folder`.
-SOURCES = ('busi', 'busbra', 'bus_uclm', 'folder', 'synthetic')
 # The predefined folder datasets and the config field holding each one's download.
 _NAMED_FOLDERS = {'busbra': 'busbra_dir', 'bus_uclm': 'bus_uclm_dir'}
 
@@ -124,16 +122,6 @@ def _load_folder(data_config: ml_collections.ConfigDict, source: str,
                   repr(builder_config), flag).as_dataset(split=split, shuffle_files=False)
 
 
-def sources(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The dataset names of `data.source` ('busi+busbra' -> ('busi', 'busbra'))."""
-  names = tuple(name.strip() for name in data_config.source.split('+'))
-  unknown = [name for name in names if name not in SOURCES]
-  if unknown or len(set(names)) != len(names):
-    raise ValueError(f'config.data.source={data_config.source!r}: expected one or more of '
-                     f'{", ".join(SOURCES)}, joined by "+", each once.')
-  return names
-
-
 def dataset_name(data_config: ml_collections.ConfigDict, source: str) -> str:
   """What reports call a source: the folder dataset goes by its own name."""
   return data_config.folder.name if source == 'folder' else source
@@ -170,17 +158,7 @@ def mix_weights(data_config: ml_collections.ConfigDict,
 
   `data.mix_weights` ('busi=1,busbra=1') sets them; empty, each dataset counts by its size.
   """
-  if not data_config.mix_weights:
-    weights = dict(sizes)
-  else:
-    weights = {}
-    for item in data_config.mix_weights.split(','):
-      name, _, value = item.partition('=')
-      weights[name.strip()] = float(value)
-    if set(weights) != set(sizes) or min(weights.values()) <= 0:
-      raise ValueError(f'config.data.mix_weights={data_config.mix_weights!r} must give a '
-                       f'positive weight to each of {", ".join(sizes)} (e.g. '
-                       f'"{"=1,".join(sizes)}=1").')
+  weights = names_lib.mix_weights(data_config, tuple(sizes)) or dict(sizes)
   total = sum(weights.values())
   return {name: weights[name] / total for name in sizes}
 

@@ -78,8 +78,9 @@ def test_busi_masks_are_ground_truth_and_not_inputs(tmp_path):
   inputs, _ = predict.expand_inputs([str(tmp_path / 'benign (1).png'),
                                      str(tmp_path / 'orphan_mask.png')])
   assert [len(masks) for _, masks in inputs] == [2, 0]
-  _, problems = predict.expand_inputs([str(tmp_path / '*.tif')])
-  assert problems == [f'{tmp_path / "*.tif"}: no PNG/JPEG image found']
+  _, problems = predict.expand_inputs([str(tmp_path / '*.gif')])
+  assert problems == [f'{tmp_path / "*.gif"}: no scan found (.png .jpg .jpeg .bmp .tif .tiff '
+                      '.dcm)']
 
 
 def test_ground_truth_is_the_union_of_mask_files(tmp_path):
@@ -344,3 +345,130 @@ def test_gradcam_split_scores_layers_and_draws(setup, tmp_path):
                                        'layer_comparison.png', 'pointing_game.json'}
   with open(tmp_path / 'pointing_game.json') as f:
     assert json.load(f)['lesion_images'] == 2
+
+
+def _masks(folder) -> dict[str, np.ndarray]:
+  return {name[:-len('_mask.png')]: np.asarray(Image.open(folder / name))
+          for name in os.listdir(folder) if name.endswith('_mask.png')}
+
+
+@pytest.mark.slow  # Compiles U-Net inference.
+def test_folder_of_tiff_and_bmp_scans_predicts_as_their_png_copies(setup, tmp_path):
+  model, variables, config = setup
+  scans = {'gray.tif': _noise((40, 50)), 'deep.tiff': _noise((30, 44), 1).astype(np.uint16) * 257,
+           'colour.TIF': _noise((36, 36, 3), 2), 'gray_bmp.bmp': _noise((41, 33), 3),
+           'colour_bmp.BMP': _noise((28, 60, 3), 4)}
+  os.makedirs(tmp_path / 'scans/sub')
+  os.makedirs(tmp_path / 'pngs')
+  for i, (name, pixels) in enumerate(scans.items()):
+    Image.fromarray(pixels).save(tmp_path / 'scans' / ('sub' if i % 2 else '') / name)
+    Image.fromarray(pixels).save(tmp_path / 'pngs' / f'{os.path.splitext(name)[0]}.png')
+  assert predict.predict_files(model, variables, config, [str(tmp_path / 'scans')],
+                               str(tmp_path / 'out'), cams=False) == 0
+  predict.predict_files(model, variables, config, [str(tmp_path / 'pngs')],
+                        str(tmp_path / 'png_out'), cams=False)
+  masks, png_masks = _masks(tmp_path / 'out'), _masks(tmp_path / 'png_out')
+  assert len(masks) == len(scans)
+  for name, pixels in scans.items():
+    stem = os.path.splitext(name)[0]
+    assert masks[stem].shape == pixels.shape[:2]
+    np.testing.assert_array_equal(masks[stem], png_masks[stem])
+
+
+@pytest.mark.slow  # Compiles U-Net inference.
+def test_dicom_scans_predict_one_output_per_frame(setup, tmp_path):
+  from dicom_fixtures import write_dicom  # pylint: disable=g-import-not-at-top
+  model, variables, config = setup
+  single, loop = _noise((40, 50), 5), _noise((3, 36, 44), 6)
+  colour = _noise((2, 30, 30, 3), 7)
+  os.makedirs(tmp_path / 'scans')
+  write_dicom(tmp_path / 'scans/a_single.dcm', single, 'MONOCHROME1')
+  write_dicom(tmp_path / 'scans/b_loop.dcm', loop)
+  write_dicom(tmp_path / 'scans/c_colour.dcm', colour, 'RGB')
+  out = tmp_path / 'out'
+  # Batches of 4: the loop's frames and the colour frames share the second batch.
+  assert predict.predict_files(model, variables, config, [str(tmp_path / 'scans')], str(out),
+                               cams=False) == 0
+  names = ['a_single', 'b_loop_frame001', 'b_loop_frame002', 'b_loop_frame003',
+           'c_colour_frame001', 'c_colour_frame002']
+  assert sorted(os.listdir(out)) == sorted([f'{n}_mask.png' for n in names] +
+                                           ['predictions.csv'])
+  rows = _csv_rows(out)
+  assert [(os.path.basename(r['file']), r['frame']) for r in rows] == [
+      ('a_single.dcm', ''), ('b_loop.dcm', '1'), ('b_loop.dcm', '2'), ('b_loop.dcm', '3'),
+      ('c_colour.dcm', '1'), ('c_colour.dcm', '2')]
+  # Each frame's mask is the one its pixels get as a PNG of their own.
+  os.makedirs(tmp_path / 'pngs')
+  pngs = {'a_single': Image.fromarray(255 - single), 'c_colour_frame002': Image.fromarray(
+      colour[1]), **{f'b_loop_frame00{i + 1}': Image.fromarray(f) for i, f in enumerate(loop)}}
+  for name, image in pngs.items():
+    image.save(tmp_path / 'pngs' / f'{name}.png')
+  predict.predict_files(model, variables, config, [str(tmp_path / 'pngs')],
+                        str(tmp_path / 'png_out'), cams=False)
+  masks, png_masks = _masks(out), _masks(tmp_path / 'png_out')
+  for name in pngs:
+    np.testing.assert_array_equal(masks[name], png_masks[name])
+
+
+@pytest.mark.slow  # Compiles U-Net inference.
+def test_threshold_sets_the_masks_and_probabilities_are_written_consistently(setup, tmp_path):
+  model, variables, config = setup
+  paths = _scans(tmp_path / 'in')
+  readable = paths[:3] + paths[4:]
+  config = config.copy_and_resolve_references()
+  config.eval.min_lesion_fraction = 0.0  # Specks kept: the mask is exactly p > threshold.
+  predict.predict_files(model, variables, config, paths, str(tmp_path / 'first'), cams=False,
+                        probabilities=True)
+  # Thresholds between which a good share of this untrained model's pixels lie.
+  everything = np.concatenate([np.asarray(Image.open(
+      tmp_path / 'first' / f'{predict._stem(p)}_probability.png')).ravel() for p in readable])
+  probabilities = {}
+  for threshold in np.round(np.quantile(everything / predict.PROBABILITY_SCALE, [0.3, 0.7]), 4):
+    config.eval.threshold = threshold
+    out = tmp_path / f'at_{threshold}'
+    threshold = float(threshold)
+    predict.predict_files(model, variables, config, paths, str(out), cams=False,
+                          probabilities=True)
+    assert {float(row['threshold']) for row in _csv_rows(out) if not row['error']} == {threshold}
+    for path in readable:
+      name = predict._stem(path)
+      stored = np.asarray(Image.open(out / f'{name}_probability.png'))
+      assert stored.dtype == np.uint16
+      assert stored.shape == _written_mask(out, path).shape == scan_files.read_grayscale(
+          path).shape
+      probability = stored / predict.PROBABILITY_SCALE
+      mask = _written_mask(out, path) > 0
+      near = np.abs(probability - threshold) <= 1 / predict.PROBABILITY_SCALE
+      np.testing.assert_array_equal(mask[~near], (probability > threshold)[~near])
+      probabilities.setdefault(name, []).append((probability, mask))
+  marked = [[mask.sum() for _, mask in runs] for runs in probabilities.values()]
+  for (low_p, low_mask), (high_p, high_mask) in probabilities.values():
+    np.testing.assert_array_equal(low_p, high_p)  # The threshold moves the masks only.
+    assert np.all(high_mask <= low_mask)
+  assert sum(low for low, _ in marked) > sum(high for _, high in marked) > 0
+
+
+@pytest.mark.slow  # Runs main.py, which compiles U-Net inference.
+def test_main_predict_takes_threshold_and_probabilities_flags(setup, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from unet_flax import checkpointing  # pylint: disable=g-import-not-at-top
+  model, variables, config = setup
+  workdir = str(tmp_path / 'run')
+  checkpointing.save_config(config, workdir)
+  checkpoints = checkpointing.Checkpoints(workdir, keep=1)
+  checkpoints.save_best(1, variables, {'epoch': 1, 'step': 1, 'threshold': 0.5})
+  checkpoints.close()
+  Image.fromarray(_noise((40, 50))).save(tmp_path / 'scan.png')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--mode=predict', f'--workdir={workdir}',
+       f'--input={tmp_path / "scan.png"}', f'--output={tmp_path / "out"}', '--threshold=0.25',
+       '--probabilities', '--cams=false'], cwd=root, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert float(_csv_rows(tmp_path / 'out')[0]['threshold']) == 0.25
+  probability = np.asarray(Image.open(tmp_path / 'out/scan_probability.png'))
+  assert probability.shape == (40, 50)
+  mask = _written_mask(tmp_path / 'out', str(tmp_path / 'scan.png')) > 0
+  assert mask.any() and np.all(probability[mask] > 0.25 * predict.PROBABILITY_SCALE - 1)

@@ -190,9 +190,9 @@ def test_nan_update_is_skipped_and_counted_when_configured(monkeypatch, tmp_path
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'data.image_size': 34}, r'image_size=34 must be divisible by 2\*\*model.depth = 4'),
-    ({'train.batch_size': 0}, 'train.batch_size must be at least 1, got 0'),
-    ({'train.checkpoint_every_epochs': 0}, 'checkpoint_every_epochs must be at least 1'),
+    ({'data.image_size': 34}, r'image_size=34 must be a positive multiple of 2\*\*model.depth = 4'),
+    ({'train.batch_size': 0}, 'train.batch_size=0 must be an integer >= 1'),
+    ({'train.checkpoint_every_epochs': 0}, 'checkpoint_every_epochs=0 must be an integer >= 1'),
     ({'eval.min_lesion_fraction': -0.001}, r'min_lesion_fraction=-0.001 must be in \[0, 1\)'),
 ])
 def test_impossible_config_is_refused_before_anything_is_written(tmp_path, overrides, message):

@@ -16,8 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-NORMS = ('batch', 'group', 'none')
-UPSAMPLES = ('transpose', 'resize')
+from unet_flax.config_checks import NORMS, UPSAMPLES
 
 
 def layer_names(depth: int) -> list[str]:

@@ -1,10 +1,11 @@
 """Prediction on the user's own files, and Grad-CAM over a dataset split.
 
-`predict_files` takes whatever the user points at (files, folders, globs; any PNG/JPEG) and
-writes, at each image's ORIGINAL size, the binary mask, the Seg-Grad-CAM map and an overlay
-figure, and one `predictions.csv` row per input. A folder in the BUSI layout (`X.png` beside
-`X_mask.png`, `X_mask_1.png`, ...) is recognised: the mask files are ground truth, drawn on
-the overlay, and not predicted on.
+`predict_files` takes whatever the user points at (files, folders, globs; PNG, JPEG, BMP,
+TIFF and DICOM, see `scan_files`) and writes, at each scan's ORIGINAL size, the binary mask,
+the Seg-Grad-CAM map, an overlay figure and optionally the probability map, and one
+`predictions.csv` row per scan. Each frame of a multi-frame DICOM file is a scan of its own.
+A folder in the BUSI layout (`X.png` beside `X_mask.png`, `X_mask_1.png`, ...) is recognised:
+the mask files are ground truth, drawn on the overlay, and not predicted on.
 """
 import collections
 from concurrent import futures
@@ -29,14 +30,15 @@ from unet_flax import model as model_lib
 from unet_flax import progress
 from unet_flax import visualize
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 _MASK_STEM = re.compile(r'(?P<image>.+)_mask(?:_\d+)?')
-CSV_COLUMNS = ('file', 'height', 'width', 'lesion_area_px', 'lesion_area_percent',
+# `X_probability.png` holds round(probability * PROBABILITY_SCALE): 16-bit, steps of 1.5e-5.
+PROBABILITY_SCALE = 65535
+CSV_COLUMNS = ('file', 'frame', 'height', 'width', 'lesion_area_px', 'lesion_area_percent',
                'max_lesion_probability', 'presence_probability', 'threshold', 'error')
 
 
 def _is_image(name: str) -> bool:
-  return name.lower().endswith(IMAGE_EXTENSIONS)
+  return name.lower().endswith(scan_files.SCAN_EXTENSIONS)
 
 
 def _stem(path: str) -> str:
@@ -64,8 +66,9 @@ def _busi_masks(folder: str) -> dict[str, list[str]]:
 def expand_inputs(paths: list[str]) -> tuple[list[tuple[str, list[str]]], list[str]]:
   """([(image path, its ground-truth mask paths)], [problems]) for files, folders and globs.
 
-  Folders are searched recursively for PNG/JPEG; a file that does not exist is kept, so
-  reading it reports the reason. A pattern or folder that matches no image is a problem.
+  Folders are searched recursively for `scan_files.SCAN_EXTENSIONS`; a file that does not
+  exist is kept, so reading it reports the reason. A pattern or folder that matches no scan
+  is a problem.
   """
   found, problems = [], []
   for path in paths:
@@ -77,7 +80,7 @@ def expand_inputs(paths: list[str]) -> tuple[list[tuple[str, list[str]]], list[s
     else:
       matches = [path]
     if not matches:
-      problems.append(f'{path}: no PNG/JPEG image found')
+      problems.append(f'{path}: no scan found ({" ".join(scan_files.SCAN_EXTENSIONS)})')
     found += matches
   masks_in = functools.cache(_busi_masks)
   inputs = []
@@ -128,8 +131,11 @@ def _check_output_dir(output_dir: str, inputs) -> None:
 
 
 class _Scan(NamedTuple):
-  """One readable input: what the network sees, and what its outputs are drawn on."""
+  """One scan of a readable input: what the network sees, and what its outputs are drawn on."""
   path: str
+  name: str  # Its outputs' stem: the file's, with `_frame003` for frame 3 of a DICOM loop.
+  frame: int | None  # 1-based frame number in a multi-frame file, else None.
+  last: bool  # The last scan of its file.
   gray: np.ndarray  # uint8 (H, W), the original size.
   truth: np.ndarray | None  # Ground truth for the overlay, if known.
   network_input: np.ndarray  # float32 (S, S, 1).
@@ -143,11 +149,23 @@ class _Prediction(NamedTuple):
   empty_target: bool  # No predicted lesion, so the CAM is all zero.
 
 
-def _read(path: str, mask_paths: list[str], size: int, with_truth: bool) -> _Scan:
-  """Decodes and resizes one input; raises `scan_files.ImageReadError`."""
-  gray = scan_files.read_grayscale(path)
-  truth = ground_truth(mask_paths, gray.shape, _stem(path)) if with_truth else None
-  return _Scan(path, gray, truth, imaging.model_input(gray, size))
+def _read(path: str, mask_paths: list[str], size: int, with_truth: bool) -> list[_Scan]:
+  """Decodes and resizes one input's scans; raises `scan_files.ImageReadError`.
+
+  The frames of a multi-frame file are named `X_frame001`, `X_frame002`, ... (three digits,
+  more if there are over 999 frames), so they sort in order; ground truth is only looked
+  for beside single-frame files.
+  """
+  frames = scan_files.read_frames(path)
+  stem = _stem(path)
+  if len(frames) == 1:
+    gray = frames[0]
+    truth = ground_truth(mask_paths, gray.shape, stem) if with_truth else None
+    return [_Scan(path, stem, None, True, gray, truth, imaging.model_input(gray, size))]
+  digits = max(3, len(str(len(frames))))
+  return [_Scan(path, f'{stem}_frame{number:0{digits}d}', number, number == len(frames), gray,
+                None, imaging.model_input(gray, size))
+          for number, gray in enumerate(frames, 1)]
 
 
 def _read_ahead(reader: futures.Executor, inputs, read, ahead: int):
@@ -163,17 +181,19 @@ def _read_ahead(reader: futures.Executor, inputs, read, ahead: int):
 
 def _readable_batches(reads, batch_size: int, on_failure):
   """Lists of up to `batch_size` _Scans in input order; an unreadable input goes to
-  `on_failure(path, reason)` and the next readable one takes its place in the batch."""
+  `on_failure(path, reason)` and the next readable scans take its place in the batch."""
   batch = []
   for path, read in reads:
     try:
-      batch.append(read.result())
+      scans = read.result()
     except scan_files.ImageReadError as e:
       on_failure(path, str(e))
       continue
-    if len(batch) == batch_size:
-      yield batch
-      batch = []
+    for scan in scans:
+      batch.append(scan)
+      if len(batch) == batch_size:
+        yield batch
+        batch = []
   if batch:
     yield batch
 
@@ -216,9 +236,10 @@ def _predict_batch(model, variables, config, scans: list[_Scan], batch_size: int
 
 
 def _write_outputs(output_dir: str, scan: _Scan, prediction: _Prediction, eval_config,
-                   overlay: bool) -> tuple[str, dict]:
-  """Mask, CAM and overlay at the original size; returns (summary line, CSV row)."""
-  name = _stem(scan.path)
+                   overlay: bool, probabilities: bool) -> tuple[str, dict]:
+  """Mask, CAM, overlay and probability map at the original size; returns (summary line,
+  CSV row)."""
+  name = scan.name
   h, w = scan.gray.shape
   probability = imaging.lesion_probability(prediction.logits, h, w)
   mask = imaging.lesion_mask(probability, eval_config.threshold,
@@ -230,6 +251,9 @@ def _write_outputs(output_dir: str, scan: _Scan, prediction: _Prediction, eval_c
     line += ' [no predicted lesion: Grad-CAM map is all zero]'
   Image.fromarray(mask.astype(np.uint8) * 255).save(
       os.path.join(output_dir, f'{name}_mask.png'))
+  if probabilities:
+    Image.fromarray(np.round(probability * PROBABILITY_SCALE).astype(np.uint16)).save(
+        os.path.join(output_dir, f'{name}_probability.png'))
   if prediction.cam is not None:
     cam = imaging.resize_map(prediction.cam, h, w)
     np.save(os.path.join(output_dir, f'{name}_cam.npy'), cam)
@@ -237,7 +261,7 @@ def _write_outputs(output_dir: str, scan: _Scan, prediction: _Prediction, eval_c
       visualize.overlay_figure(scan.gray, mask, cam,
                                os.path.join(output_dir, f'{name}_overlay.png'),
                                gt_mask=scan.truth, title=line)
-  row = {'file': scan.path, 'height': h, 'width': w, 'lesion_area_px': area,
+  row = {'file': scan.path, 'frame': '' if scan.frame is None else scan.frame, 'height': h, 'width': w, 'lesion_area_px': area,
          'lesion_area_percent': round(100.0 * area / (h * w), 4),
          'max_lesion_probability': round(float(probability.max()), 6),
          'presence_probability': ('' if prediction.presence is None
@@ -251,19 +275,19 @@ class _Outcomes:
 
   def __init__(self, bar):
     self.bar = bar
-    self.rows = {}  # Input path -> CSV row.
+    self.rows = collections.defaultdict(list)  # Input path -> its scans' CSV rows.
     self.failures = 0
 
   def failed(self, path: str, reason: str) -> None:
     tqdm.write(f'ERROR {reason} (skipped)', file=sys.stderr)
-    self.rows[path] = {'file': path, 'error': reason}
+    self.rows[path].append({'file': path, 'error': reason})
     self.failures += 1
     self.bar.update()
 
-  def written(self, line: str, row: dict) -> None:
+  def written(self, line: str, row: dict, last: bool) -> None:
     tqdm.write(line)
-    self.rows[row['file']] = row
-    self.bar.update()
+    self.rows[row['file']].append(row)
+    self.bar.update(int(last))
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:
@@ -274,12 +298,16 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 
 def predict_files(model, variables, config, paths: list[str], output_dir: str,
-                  layer: str = 'decoder_1', *, overlays: bool = True, cams: bool = True) -> int:
-  """Predicts every image of `paths` into `output_dir`; returns how many inputs failed.
+                  layer: str = 'decoder_1', *, overlays: bool = True, cams: bool = True,
+                  probabilities: bool = False) -> int:
+  """Predicts every scan of `paths` into `output_dir`; returns how many inputs failed.
 
-  Per input `X.ext`: `X_mask.png` (0/255), `X_cam.npy` (float32 Seg-Grad-CAM of `layer`,
-  unless `cams` is False) and `X_overlay.png` (if `overlays`; it shows the CAM, so not without
-  `cams`), all at the original size; `predictions.csv` has a row per input, in input order.
+  Per scan `X` (a file `X.ext`, or frame 3 of a multi-frame DICOM `X_frame003`): `X_mask.png`
+  (0/255, at `config.eval.threshold`), `X_cam.npy` (float32 Seg-Grad-CAM of `layer`, unless
+  `cams` is False), `X_overlay.png` (if `overlays`; it shows the CAM, so not without `cams`)
+  and `X_probability.png` (if `probabilities`: the lesion probability as a 16-bit grayscale
+  PNG, probability = value / 65535, the mask being it above the threshold less specks), all
+  at the original size; `predictions.csv` has a row per scan, in input and frame order.
   Unreadable files are reported and skipped. One thread decodes the next batch and another
   writes the last one while the network runs, so a folder streams at the network's pace.
   """
@@ -303,15 +331,17 @@ def predict_files(model, variables, config, paths: list[str], output_dir: str,
                                    outcomes.failed):
       predictions = _predict_batch(model, variables, config, scans, batch_size,
                                    layer if cams else None)
-      writes += [writer.submit(_write_outputs, output_dir, scan, prediction, config.eval,
-                               overlay)
+      writes += [(writer.submit(_write_outputs, output_dir, scan, prediction, config.eval,
+                                overlay, probabilities), scan.last)
                  for scan, prediction in zip(scans, predictions)]
       while len(writes) > len(scans):  # The previous batch: bounds memory, keeps order.
-        outcomes.written(*writes.popleft().result())
+        write, last = writes.popleft()
+        outcomes.written(*write.result(), last)
     while writes:
-      outcomes.written(*writes.popleft().result())
+      write, last = writes.popleft()
+      outcomes.written(*write.result(), last)
   _write_csv(os.path.join(output_dir, 'predictions.csv'),
-             [outcomes.rows[path] for path, _ in listed])
+             [row for path, _ in listed for row in outcomes.rows[path]])
   return len(problems) + outcomes.failures
 
 

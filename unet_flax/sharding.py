@@ -8,6 +8,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from unet_flax import config_checks
+
 DATA_AXIS = 'data'
 
 
@@ -27,7 +29,7 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(global_batch_size: int, what: str = 'train.batch_size') -> None:
   devices = jax.device_count()
   if global_batch_size % devices:
-    raise ValueError(
+    raise config_checks.ConfigError(
         f'config.{what}={global_batch_size} is not divisible by the {devices} devices; '
         f'choose a multiple of {devices} (it is the global batch, split over all devices).')
 

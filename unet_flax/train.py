@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
 from unet_flax import checkpointing
+from unet_flax import config_checks
 from unet_flax import evaluate
 from unet_flax import losses
 from unet_flax import model as model_lib
@@ -51,7 +52,7 @@ def create_optimizer(train_config, schedule) -> optax.GradientTransformation:
   elif train_config.optimizer == 'adamw':
     opt = optax.adamw(schedule, weight_decay=train_config.weight_decay)
   else:
-    raise ValueError(f"train.optimizer must be 'adam' or 'adamw', got "
+    raise ValueError(f'train.optimizer must be one of {config_checks.OPTIMIZERS}, got '
                      f'{train_config.optimizer!r}')
   if train_config.grad_clip_norm:
     opt = optax.chain(optax.clip_by_global_norm(train_config.grad_clip_norm), opt)
@@ -186,26 +187,14 @@ def _stop_on_nonfinite(metrics: dict, step: int) -> None:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Rejects configs that cannot train, before any data is loaded or anything compiled."""
-  for name in ('train.batch_size', 'eval.batch_size', 'train.num_epochs',
-               'train.log_every_steps', 'train.eval_every_epochs',
-               'train.checkpoint_every_epochs', 'train.keep_checkpoints'):
-    value = functools.reduce(getattr, name.split('.'), config)
-    if value < 1:
-      raise ValueError(f'config.{name} must be at least 1, got {value}.')
-  factor = 2**config.model.depth
-  if config.data.image_size % factor:
-    raise ValueError(f'config.data.image_size={config.data.image_size} must be divisible by '
-                     f'2**model.depth = {factor}.')
+  config_checks.check(config)
   sharding.check_batch_size(config.train.batch_size)
   sharding.check_batch_size(config.eval.batch_size, 'eval.batch_size')
-  fraction = config.eval.min_lesion_fraction
-  if not 0 <= fraction < 1:
-    raise ValueError(f'config.eval.min_lesion_fraction={fraction} must be in [0, 1).')
 
 
 def _check_steps_per_epoch(steps_per_epoch: int, num_examples: int, batch_size: int) -> None:
   if steps_per_epoch < 1:
-    raise ValueError(
+    raise config_checks.ConfigError(
         f'config.train.batch_size={batch_size} is larger than the training split '
         f'({num_examples} examples per process): an epoch would have no step. Use a batch '
         f'size of at most {num_examples}.')

@@ -30,7 +30,6 @@ from PIL import Image, ImageOps
 from data import classes
 from data import scan_files
 
-EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 SPLITS = ('train', 'validation', 'test')
 # Non-binary masks are thresholded at half the range; more than this fraction of pixels in the
 # middle half of the range means the file is a picture, not a mask saved lossily.
@@ -123,8 +122,8 @@ def check(manual_dir: PathLike, config) -> None:
 
 
 def _listing(folder: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(p for p in folder.iterdir()
-                if p.suffix.lower() in EXTENSIONS and not p.name.startswith('.') and p.is_file())
+  return sorted(p for p in folder.iterdir() if p.suffix.lower() in scan_files.IMAGE_EXTENSIONS
+                and not p.name.startswith('.') and p.is_file())
 
 
 def _key(stem: str, prefix: str, suffix: str):

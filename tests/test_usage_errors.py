@@ -1,0 +1,116 @@
+"""Every mistake in a main.py command line ends in one FATAL line with exit status 2.
+
+Each case runs main.py as a user would; none needs data or a trained model, and the checks
+come before TensorFlow (and, without a workdir, before JAX) is imported, so each takes a
+fraction of a second to about three.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import synthetic
+from unet_flax import checkpointing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = ['--config=configs/synthetic.py', '--workdir={tmp}/run']
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  """A workdir as training leaves it before the first checkpoint: config.json only."""
+  path = str(tmp_path_factory.mktemp('workdir'))
+  checkpointing.save_config(synthetic.get_config(), path)
+  return path
+
+
+def _main(args, tmp_path, workdir):
+  args = [arg.format(tmp=tmp_path, workdir=workdir) for arg in args]
+  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+
+
+CASES = [
+    (['--mode=segment'],
+     'FATAL flag --mode=segment: value should be one of '
+     '<train|evaluate|predict|gradcam|benchmark>'),
+    (['--workdr=x'], "FATAL Unknown command line flag 'workdr'. Did you mean: workdir ?"),
+    (['--workdir=x', '--config.train.num_epochs=3'],
+     "FATAL Unknown command line flag 'config.train.num_epochs' (--config.* overrides need a "
+     '--config=configs/<name>.py)'),
+    ([*TRAIN, '--config.train.num_epochs=abc'],
+     "FATAL flag --config.train.num_epochs=abc: invalid literal for int() with base 10: 'abc'"),
+    ([*TRAIN, '--config.train.batchsize=4'],
+     "FATAL Unknown config field in --config.train.batchsize=4: 'batchsize' Did you mean "
+     '"batch_size" instead of "batchsize"? Every field is listed in configs/default.py.'),
+    (['--config=configs/no_such.py', '--workdir=x'],
+     'FATAL Cannot load --config=configs/no_such.py (no such file). Shipped configs: '),
+    ([*TRAIN, '--config.data.source=bussi'],
+     "FATAL config.data.source='bussi': expected one or more of busi, busbra, folder, "
+     'synthetic, joined by "+", each once.'),
+    ([*TRAIN, '--config.data.source=synthetic', '--config.data.mix_weights=busi=1'],
+     "FATAL config.data.mix_weights='busi=1' must give a positive weight to each of "
+     'synthetic (e.g. "synthetic=1").'),
+    ([*TRAIN, '--config.data.image_size=-5'],
+     'FATAL config.data.image_size=-5 must be a positive multiple of 2**model.depth = 8 '
+     '(e.g. 8).'),
+    ([*TRAIN, '--config.data.image_size=0'],
+     'FATAL config.data.image_size=0 must be a positive multiple of 2**model.depth = 8'),
+    ([*TRAIN, '--config.data.image_size=-32'],
+     'FATAL config.data.image_size=-32 must be a positive multiple of 2**model.depth = 8'),
+    ([*TRAIN, '--config.data.image_size=60'],
+     'FATAL config.data.image_size=60 must be a positive multiple of 2**model.depth = 8 '
+     '(e.g. 64).'),
+    ([*TRAIN, '--config.train.learning_rate=-1'],
+     'FATAL config.train.learning_rate=-1.0 must be > 0.'),
+    ([*TRAIN, '--config.train.learning_rate=nan'],
+     'FATAL config.train.learning_rate=nan must be > 0.'),
+    ([*TRAIN, '--config.train.num_epochs=0'],
+     'FATAL config.train.num_epochs=0 must be an integer >= 1.'),
+    ([*TRAIN, '--config.train.ema_decay=1.0'],
+     'FATAL config.train.ema_decay=1.0 must be in [0, 1).'),
+    ([*TRAIN, '--config.model.dropout=-0.1'],
+     'FATAL config.model.dropout=-0.1 must be in [0, 1).'),
+    ([*TRAIN, '--config.model.norm=layer'],
+     "FATAL config.model.norm='layer' must be one of batch, group, none."),
+    ([*TRAIN, '--config.eval.threshold_candidates=(0.5,1.0)'],
+     'FATAL config.eval.threshold_candidates=(0.5, 1.0) must each be in (0, 1).'),
+    ([*TRAIN, 'extra'], "FATAL Unexpected arguments ['extra']: every option is a --flag=value."),
+    (['--mode=train'], 'FATAL --workdir is required for --mode=train.'),
+    (['--mode=benchmark'], 'FATAL --config is required for --mode=benchmark'),
+    (['--mode=predict', '--workdir={workdir}', '--input=x'],
+     'FATAL --mode=predict needs --input (files, folders or globs) and --output (a folder).'),
+    (['--mode=predict', '--workdir={workdir}', '--input=x', '--output=y', '--threshold=1'],
+     'FATAL --threshold=1.0 must be in (0, 1).'),
+    (['--mode=gradcam', '--workdir={workdir}', '--max_images=-1'],
+     'FATAL flag --max_images=-1: -1 is not a non-negative integer'),
+    (['--mode=evaluate', '--workdir={workdir}', '--dataset=bussi'],
+     'FATAL flag --dataset=bussi: value should be one of <busi|busbra|folder|synthetic'),
+    (['--mode=evaluate', '--workdir={workdir}', '--split=tset'],
+     "FATAL --split='tset': expected split names (train, validation, test) joined by \"+\", "
+     'each optionally sliced, e.g. "test[:50%]" or "train+validation".'),
+    # Checked against the workdir's model and datasets, before any data or checkpoint is read.
+    (['--mode=gradcam', '--workdir={workdir}', '--layers=decoder_1,decoder_9'],
+     'FATAL --layers=decoder_1,decoder_9: this model (depth 3) has no decoder_9; its layers '
+     'are encoder_0, encoder_1, encoder_2, bottleneck, decoder_2, decoder_1, decoder_0.'),
+    (['--mode=evaluate', '--workdir={workdir}', '--split=test[:50%]'],
+     "FATAL --split='test[:50%]': expected split names (train, validation, test) joined by "
+     '"+", e.g. "train+validation" (the synthetic dataset has no slices).'),
+]
+
+
+@pytest.mark.parametrize('args, fatal', CASES, ids=[
+    ' '.join(args).replace('{tmp}/', '').replace('{workdir}', 'W') for args, _ in CASES])
+def test_mistake_ends_in_one_fatal_line_with_status_2(args, fatal, tmp_path, workdir):
+  result = _main(args, tmp_path, workdir)
+  assert (result.returncode, result.stdout) == (2, ''), result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(fatal), result.stderr[-2000:]
+  assert not (tmp_path / 'run').exists()  # Nothing was written.
+
+
+def test_help_exits_0_and_shows_the_usage(tmp_path, workdir):
+  result = _main(['--help'], tmp_path, workdir)
+  assert result.returncode == 0 and result.stderr == ''
+  assert 'busi-unet command line' in result.stdout and '--threshold' in result.stdout
