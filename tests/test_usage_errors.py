@@ -47,7 +47,7 @@ CASES = [
     (['--config=configs/no_such.py', '--workdir=x'],
      'FATAL Cannot load --config=configs/no_such.py (no such file). Shipped configs: '),
     ([*TRAIN, '--config.data.source=bussi'],
-     "FATAL config.data.source='bussi': expected one or more of busi, busbra, folder, "
+     "FATAL config.data.source='bussi': expected one or more of busi, busbra, bus_uclm, folder, "
      'synthetic, joined by "+", each once.'),
     ([*TRAIN, '--config.data.source=synthetic', '--config.data.mix_weights=busi=1'],
      "FATAL config.data.mix_weights='busi=1' must give a positive weight to each of "
@@ -86,7 +86,7 @@ CASES = [
     (['--mode=gradcam', '--workdir={workdir}', '--max_images=-1'],
      'FATAL flag --max_images=-1: -1 is not a non-negative integer'),
     (['--mode=evaluate', '--workdir={workdir}', '--dataset=bussi'],
-     'FATAL flag --dataset=bussi: value should be one of <busi|busbra|folder|synthetic'),
+     'FATAL flag --dataset=bussi: value should be one of <busi|busbra|bus_uclm|folder|synthetic'),
     (['--mode=evaluate', '--workdir={workdir}', '--split=tset'],
      "FATAL --split='tset': expected split names (train, validation, test) joined by \"+\", "
      'each optionally sliced, e.g. "test[:50%]" or "train+validation".'),

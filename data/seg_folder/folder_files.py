@@ -177,7 +177,7 @@ def _pair(manual_dir: PathLike, config):
 def _without_extension(name: str) -> str:
   """'ALWI_000.png' -> 'ALWI_000': an id column may hold the file's name or its stem."""
   stem, extension = os.path.splitext(name)
-  return stem if extension.lower() in EXTENSIONS else name
+  return stem if extension.lower() in scan_files.IMAGE_EXTENSIONS else name
 
 
 def _read_csv(manual_dir: PathLike, config):
