@@ -18,7 +18,7 @@ SHIPPED = configs.shipped()
 
 
 def test_every_config_file_is_tested():
-  assert set(SHIPPED) == {'cpu', 'cpu_mixed', 'default', 'synthetic', 'tpu'}
+  assert set(SHIPPED) == {'cpu', 'cpu_mixed', 'cpu_three', 'default', 'synthetic', 'tpu'}
 
 
 @pytest.mark.parametrize('name', SHIPPED)
