@@ -79,6 +79,12 @@ def _main(*args, model_dir=None):
                         capture_output=True, text=True, timeout=600)
 
 
+def _through_float16(variables):
+  """What variables.msgpack restores to: each value rounded to float16, applied in float32."""
+  return jax.tree.map(lambda x: np.asarray(x, np.float16).astype(np.float32),
+                      jax.device_get(variables))
+
+
 def _fatal_line(result) -> str:
   assert result.returncode != 0 and 'Traceback' not in result.stderr, result.stderr[-2000:]
   lines = [line for line in result.stderr.splitlines() if line.startswith('FATAL ')]
@@ -93,12 +99,14 @@ def test_export_writes_checksummed_inference_weights_config_and_provenance(train
   data = open(os.path.join(folder, 'variables.msgpack'), 'rb').read()
   assert manifest['variables']['sha256'] == release._sha256(data)
   assert manifest['variables']['bytes'] == len(data)
-  # Plain flax reads the weights: exactly the best checkpoint's EMA parameters and BN stats.
+  # Plain flax reads the weights: the best checkpoint's EMA parameters and BN statistics,
+  # in float16.
   _, _, variables, best = checkpointing.load_inference(workdir)
   restored = flax.serialization.msgpack_restore(data)
   assert set(restored) == {'params', 'batch_stats'}
-  jax.tree.map(np.testing.assert_array_equal, restored, jax.device_get(variables))
-  assert {x.dtype for x in jax.tree.leaves(restored)} == {np.dtype('float32')}
+  assert {x.dtype for x in jax.tree.leaves(restored)} == {np.dtype('float16')}
+  jax.tree.map(np.testing.assert_array_equal, restored, _through_float16(variables))
+  assert manifest['variables']['dtype'] == 'float16'
   assert manifest['best'] == best and manifest['threshold'] == best['threshold']
   assert manifest['min_lesion_fraction'] == 0.001
   # The training command is recorded with paths relative to the repository.
@@ -116,15 +124,20 @@ def test_export_writes_checksummed_inference_weights_config_and_provenance(train
     release.export(workdir, workdir)
 
 
-def test_release_folder_gives_the_logits_of_the_workdir(trained):
+def test_release_folder_gives_the_logits_of_the_workdir_in_float16(trained):
   workdir, folder, scans = trained
   config, model, variables, best = release.load_model(folder)
   expected_config, _, expected, expected_best = release.load_model(workdir)
   assert best == expected_best and config.to_dict() == {
       **expected_config.to_dict(), 'data': config.data.to_dict()}
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {np.dtype('float32')}
   images = np.stack([imaging.model_input(np.asarray(Image.open(p)), 32) for p in scans])
-  np.testing.assert_array_equal(model_lib.inference_logits(model, variables, images, True),
-                                model_lib.inference_logits(model, expected, images, True))
+  logits = model_lib.inference_logits(model, variables, images, True)
+  np.testing.assert_array_equal(
+      logits, model_lib.inference_logits(model, _through_float16(expected), images, True))
+  # Rounding the weights moves a logit by far less than a lesion's margin.
+  exact = model_lib.inference_logits(model, expected, images, True)
+  assert 0 < np.abs(logits - exact).max() < 1e-2
 
 
 def test_a_damaged_weights_file_gives_one_error_naming_file_and_checksums(trained, tmp_path):
@@ -147,13 +160,14 @@ def test_a_damaged_weights_file_gives_one_error_naming_file_and_checksums(traine
 
 
 def test_predict_without_workdir_writes_the_masks_of_the_workdir(trained, tmp_path):
+  """The masks of predict with the workdir's weights as the release stores them (float16)."""
   workdir, folder, scans = trained
   result = _main('--mode=predict', f'--input={os.path.dirname(scans[0])}',
                  f'--output={tmp_path / "release"}', model_dir=folder)
   assert result.returncode == 0, result.stderr[-3000:]
   config, model, variables, _ = checkpointing.load_inference(workdir)
-  assert predict.predict_files(model, variables, config, scans, str(tmp_path / 'workdir'),
-                               overlays=False) == 0
+  assert predict.predict_files(model, _through_float16(variables), config, scans,
+                               str(tmp_path / 'workdir'), overlays=False) == 0
   masks = 0
   for path in scans:
     name = f'{predict._stem(path)}_mask.png'

@@ -4,11 +4,13 @@
 predict use):
 
   variables.msgpack  the inference variables {'params', 'batch_stats'} as checkpointed (the
-                     weight EMA; float32) in flax's msgpack format:
+                     weight EMA), in float16 and flax's msgpack format:
                      `flax.serialization.msgpack_restore(open(path, 'rb').read())` is the
                      nested dict of numpy arrays that `unet_flax.model.create_model(
-                     config.model)` applies; orbax, optimizer state and training code are not
-                     needed.
+                     config.model)` applies once cast to float32 (as loading here does);
+                     orbax, optimizer state and training code are not needed. float16 halves
+                     the CPU config's 31 MB; rounding the weights so changes few mask pixels
+                     (tests/test_release.py; README for the release model's test images).
   config.json        the workdir's config (`checkpointing.load_config` reads it) with the
                      threshold chosen on validation, and the data locations of
                      configs/default.py: the training machine's paths mean nothing elsewhere.
@@ -32,6 +34,7 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from configs import default
 from unet_flax import checkpointing
@@ -46,6 +49,7 @@ MANIFEST_FILE = 'model.json'
 COMMANDS_FILE = 'commands.jsonl'
 # The layout of model.json; a folder of another one is refused by name.
 FORMAT_VERSION = 1
+STORED_DTYPE = np.float16
 
 
 class ChecksumError(ValueError):
@@ -144,6 +148,14 @@ def _write(path: str, data: bytes) -> None:
   os.replace(path + '.tmp', path)
 
 
+def stored_variables(variables) -> dict:
+  """`variables` as variables.msgpack holds them (numpy, `STORED_DTYPE`)."""
+  stored = jax.tree.map(lambda x: np.asarray(x, STORED_DTYPE), jax.device_get(variables))
+  if not all(np.isfinite(x).all() for x in jax.tree.leaves(stored)):
+    raise ValueError(f'The variables exceed the range of {np.dtype(STORED_DTYPE).name}.')
+  return stored
+
+
 def export(workdir: str, folder: str) -> dict:
   """Writes the release folder of `workdir`'s best checkpoint (module docstring); returns
   the model.json it wrote."""
@@ -151,10 +163,12 @@ def export(workdir: str, folder: str) -> dict:
     raise checkpointing.WorkdirMismatchError(
         f'{folder} is a training workdir; export the model into a folder of its own.')
   config, _, variables, best = checkpointing.load_inference(workdir)
-  data = flax.serialization.to_bytes(jax.device_get(variables))
+  stored = stored_variables(variables)
+  data = flax.serialization.to_bytes(stored)
   manifest = {
       'format_version': FORMAT_VERSION,
       'variables': {'file': VARIABLES_FILE, 'sha256': _sha256(data), 'bytes': len(data),
+                    'dtype': np.dtype(STORED_DTYPE).name,
                     'parameters': sum(x.size for x in jax.tree.leaves(variables['params']))},
       'threshold': config.eval.threshold,
       'min_lesion_fraction': config.eval.min_lesion_fraction,
@@ -217,15 +231,15 @@ def load_release(folder: str, config: ml_collections.ConfigDict | None = None):
   manifest = _manifest(folder)
   data = _verified_bytes(folder, manifest)
   config, model, abstract = checkpointing.inference_model(folder, config)
-  variables = flax.serialization.msgpack_restore(data)
+  variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32),
+                           flax.serialization.msgpack_restore(data))
   problems = differences(abstract, variables)
   if problems:
     raise ModelMismatchError(
         f'{os.path.join(folder, VARIABLES_FILE)} does not fit the model of its config.json '
         f'({"; ".join(problems[:3])}): export the model again.')
   best = manifest['best']
-  return (checkpointing.with_chosen_threshold(config, best), model,
-          jax.tree.map(jnp.asarray, variables), best)
+  return checkpointing.with_chosen_threshold(config, best), model, variables, best
 
 
 def load_model(path: str, config: ml_collections.ConfigDict | None = None):
