@@ -1,13 +1,16 @@
-"""busi-unet command line: train, evaluate, predict, gradcam, benchmark.
+"""busi-unet command line: train, evaluate, predict, gradcam, release, benchmark.
 
   python main.py --config=configs/cpu.py --workdir=runs/cpu             # train (+ test once)
   python main.py --mode=evaluate --workdir=runs/cpu --split=test         # best checkpoint
   python main.py --mode=predict --workdir=runs/cpu --input=scans/ --output=out/
   python main.py --mode=gradcam --workdir=runs/cpu --split=test --output=cams/
+  python main.py --mode=release --workdir=runs/cpu --output=models/my-unet  # release folder
   python main.py --mode=benchmark --config=configs/cpu.py
 
 Any config field can be overridden, e.g. `--config.train.num_epochs=5`. Modes that read a
-workdir take its saved config.json unless --config is given.
+workdir take its saved config.json unless --config is given. Without --workdir, evaluate,
+predict and gradcam use the release model folder --model (default: the repository's
+models/busi-unet), e.g. `python main.py --mode=predict --input=scans/ --output=out/`.
 """
 import logging as std_logging
 import os
@@ -30,7 +33,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory: config, checkpoints, logs, figures.')
-flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict', 'gradcam', 'benchmark'],
+flags.DEFINE_string('model', None, 'evaluate/predict/gradcam without --workdir: a release '
+                    'model folder (written by --mode=release); default: the repository\'s '
+                    'models/busi-unet.')
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'evaluate', 'predict', 'gradcam', 'release', 'benchmark'],
                   'What to do.')
 flags.DEFINE_string('split', 'test', 'evaluate/gradcam: TFDS split expression, e.g. '
                     '"train+validation+test".')
@@ -44,7 +51,10 @@ flags.DEFINE_string('tfds_data_dir', None, 'evaluate/gradcam: where that copy is
 flags.DEFINE_string('compare_to', None, 'evaluate: another workdir whose model is scored on '
                     'the same images; prints and saves the paired per-image differences.')
 flags.DEFINE_list('input', [], 'predict: image files, folders or globs.')
-flags.DEFINE_string('output', None, 'predict/gradcam: output folder.')
+flags.DEFINE_string('output', None, 'predict/gradcam/release: output folder. evaluate of a '
+                    'release model: the folder its reports go under, as under a workdir '
+                    '(default: runs/<model folder name>; gradcam\'s default is its '
+                    '/gradcam).')
 flags.DEFINE_boolean('cams', True, 'predict: Seg-Grad-CAM maps (X_cam.npy); false skips the '
                      'Grad-CAM pass and writes masks and predictions.csv only (no overlays: '
                      'they show the CAM).')
@@ -65,8 +75,23 @@ flags.DEFINE_integer('max_images', 16, 'gradcam: images to draw.', lower_bound=0
 _MANUAL_DIR_FIELD = {'busi': 'manual_dir', 'busbra': 'busbra_dir', 'bus_uclm': 'bus_uclm_dir'}
 
 
-def _workdir_config(workdir):
-  """The --config if given, else the workdir's saved one; data overrides from flags."""
+def _model_dir():
+  """The workdir or release model folder that evaluate, predict and gradcam read."""
+  from unet_flax import release
+  return FLAGS.workdir or FLAGS.model or release.default_model()
+
+
+def _report_root(model_dir):
+  """Where evaluate and gradcam write reports: the workdir, else (a release model)
+  --output or runs/<model folder name>."""
+  if FLAGS.workdir:
+    return FLAGS.workdir
+  return FLAGS.output or os.path.join('runs', os.path.basename(os.path.normpath(model_dir)))
+
+
+def _workdir_config(workdir, report_root=None):
+  """The --config if given, else the workdir's (or release folder's) saved one; data
+  overrides from flags (a data copy is built under `report_root`, by default `workdir`)."""
   from unet_flax import checkpointing
   config = FLAGS.config or checkpointing.load_config(workdir)
   if FLAGS.manual_dir:
@@ -77,15 +102,17 @@ def _workdir_config(workdir):
       else:
         config.data[_MANUAL_DIR_FIELD[dataset]] = FLAGS.manual_dir
       config.data.tfds_data_dir = (FLAGS.tfds_data_dir or
-                                   os.path.join(workdir, 'eval', 'tfds'))
+                                   os.path.join(report_root or workdir, 'eval', 'tfds'))
   return config
 
 
 def _evaluate():
   """--mode=evaluate, and with --compare_to the paired comparison on the same images."""
   from unet_flax import compare, evaluate
-  config = _workdir_config(FLAGS.workdir)
-  summaries = evaluate.evaluate_workdir(FLAGS.workdir, config, FLAGS.split, FLAGS.dataset)
+  model_dir = _model_dir()
+  root = _report_root(model_dir)
+  config = _workdir_config(model_dir, root)
+  summaries = evaluate.evaluate_workdir(model_dir, config, FLAGS.split, FLAGS.dataset, root)
   if not FLAGS.compare_to:
     return
   # The other model reads the very same data (folders, builds, folder dataset's naming), at
@@ -98,9 +125,9 @@ def _evaluate():
   for dataset in summaries:
     evaluate.evaluate_workdir(FLAGS.compare_to, other, FLAGS.split, dataset)
     print(compare.write_comparison(
-        evaluate.split_dir(evaluate.report_dir(FLAGS.workdir, config, dataset), FLAGS.split),
+        evaluate.split_dir(evaluate.report_dir(root, config, dataset), FLAGS.split),
         evaluate.split_dir(evaluate.report_dir(FLAGS.compare_to, config, dataset),
-                           FLAGS.split), FLAGS.workdir, FLAGS.compare_to))
+                           FLAGS.split), model_dir, FLAGS.compare_to))
 
 
 def _usage_error(message) -> None:
@@ -148,8 +175,10 @@ def _check_flags(argv) -> None:
   problem = None
   if len(argv) > 1:
     problem = f'Unexpected arguments {argv[1:]}: every option is a --flag=value.'
-  elif FLAGS.mode != 'benchmark' and not FLAGS.workdir:
+  elif FLAGS.mode in ('train', 'release') and not FLAGS.workdir:
     problem = f'--workdir is required for --mode={FLAGS.mode}.'
+  elif FLAGS.workdir and FLAGS.model:
+    problem = 'Give --workdir or --model, not both.'
   elif FLAGS.mode in ('train', 'benchmark') and FLAGS.config is None:
     problem = (f'--config is required for --mode={FLAGS.mode}, e.g. '
                '--config=configs/synthetic.py.')
@@ -204,25 +233,26 @@ def _user_errors() -> tuple[type[Exception], ...]:
   from data import provenance
   from data.busi import dataset_files
   from data.seg_folder import FolderFormatError
-  from unet_flax import checkpointing
+  from unet_flax import checkpointing, release
   return (FileNotFoundError, config_checks.ConfigError, provenance.StaleBuildError,
           FolderFormatError,
           dataset_files.BusiFormatError, checkpointing.UnreadableCheckpointError,
-          checkpointing.WorkdirMismatchError)
+          checkpointing.WorkdirMismatchError, release.ChecksumError,
+          release.ModelMismatchError)
 
 
 def _run():
   if FLAGS.mode in ('evaluate', 'predict', 'gradcam'):
     from unet_flax import checkpointing
-    _check_against_model(FLAGS.config or checkpointing.load_config(FLAGS.workdir))
+    _check_against_model(FLAGS.config or checkpointing.load_config(_model_dir()))
   if FLAGS.mode == 'train':
     from unet_flax import train
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, command=sys.argv)
   elif FLAGS.mode == 'evaluate':
     _evaluate()
   elif FLAGS.mode == 'predict':
-    from unet_flax import checkpointing, predict
-    config, model, variables, _ = checkpointing.load_inference(FLAGS.workdir, FLAGS.config)
+    from unet_flax import predict, release
+    config, model, variables, _ = release.load_model(_model_dir(), FLAGS.config)
     if FLAGS.threshold is not None:  # The user's, instead of the one chosen on validation.
       config.eval.threshold = FLAGS.threshold
     failures = predict.predict_files(model, variables, config, FLAGS.input, FLAGS.output,
@@ -233,10 +263,22 @@ def _run():
       sys.exit(1)
   elif FLAGS.mode == 'gradcam':
     from unet_flax import predict
-    predict.gradcam_workdir(FLAGS.workdir, _workdir_config(FLAGS.workdir), FLAGS.split,
+    model_dir = _model_dir()
+    root = _report_root(model_dir)
+    predict.gradcam_workdir(model_dir, _workdir_config(model_dir, root), FLAGS.split,
                             FLAGS.dataset,
-                            FLAGS.output or os.path.join(FLAGS.workdir, 'gradcam'),
+                            FLAGS.output or os.path.join(root, 'gradcam'),
                             FLAGS.layers, FLAGS.max_images)
+  elif FLAGS.mode == 'release':
+    from unet_flax import release
+    if not FLAGS.output:
+      raise app.UsageError('--mode=release needs --output (the release folder to write).')
+    manifest = release.export(FLAGS.workdir, FLAGS.output)
+    print(f"Wrote {FLAGS.output}: {release.VARIABLES_FILE} "
+          f"({manifest['variables']['bytes'] / 1e6:.1f} MB, sha256 "
+          f"{manifest['variables']['sha256']}), threshold {manifest['threshold']}, "
+          f"epoch {manifest['best']['epoch']}, test reports of "
+          f"{', '.join(manifest['test']) or 'no dataset'}.")
   elif FLAGS.mode == 'benchmark':
     from unet_flax import benchmark
     benchmark.run(FLAGS.config)

@@ -104,6 +104,11 @@ def get_config() -> ml_collections.ConfigDict:
   model.deep_supervision = 3
 
   config.train = train = ml_collections.ConfigDict()
+  # Start from the weights of a release model folder (`--mode=release`) or a training workdir
+  # (its best checkpoint): parameters and BatchNorm statistics; the optimizer state is fresh
+  # and the weight EMA starts from them. The architecture must be the same (the input size
+  # may differ). '' = random initialisation. A workdir that has a checkpoint resumes from it.
+  train.init_from = ''
   train.batch_size = 16  # Global batch, split over all devices.
   train.num_epochs = 78
   train.optimizer = 'adamw'  # 'adam' | 'adamw'

@@ -18,7 +18,8 @@ SHIPPED = configs.shipped()
 
 
 def test_every_config_file_is_tested():
-  assert set(SHIPPED) == {'cpu', 'cpu_mixed', 'cpu_three', 'default', 'synthetic', 'tpu'}
+  assert set(SHIPPED) == {'cpu', 'cpu_mixed', 'cpu_three', 'default', 'finetune', 'synthetic',
+                           'tpu'}
 
 
 @pytest.mark.parametrize('name', SHIPPED)
@@ -29,7 +30,8 @@ def test_config_trains_a_few_steps_and_reports(name, tmp_path):
       'data.source': 'synthetic', 'data.mix_weights': '', 'data.image_size': 64,
       'data.synthetic.num_train': 8, 'data.synthetic.num_validation': 4,
       'data.synthetic.num_test': 4, 'train.batch_size': 4, 'eval.batch_size': 4,
-      'train.num_epochs': 1, 'train.warmup_epochs': 0, 'eval.threshold_candidates': (0.5,)})
+      'train.num_epochs': 1, 'train.warmup_epochs': 0, 'eval.threshold_candidates': (0.5,),
+      'train.init_from': ''})  # Fine-tuning from a release model: tests/test_release.py.
   summaries = train.train_and_evaluate(config, str(tmp_path))
 
   assert summaries['synthetic']['num_images'] == 4

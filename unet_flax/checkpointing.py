@@ -152,10 +152,15 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str,
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes config.json (with `FORMAT_VERSION`), after `check_workdir`."""
   check_workdir(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir)
+
+
+def write_config(config: ml_collections.ConfigDict, folder: str) -> None:
+  """`folder`/config.json with `FORMAT_VERSION`, whatever was there before."""
+  os.makedirs(folder, exist_ok=True)
   saved = {'format_version': FORMAT_VERSION,
            **json.loads(config.to_json_best_effort(sort_keys=True))}
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(folder, CONFIG_FILE)
   # Write-then-rename: a kill mid-write must not leave a torn config.json that blocks resuming.
   with open(path + '.tmp', 'w') as f:
     json.dump(saved, f, indent=2, sort_keys=True)
@@ -222,19 +227,26 @@ def with_chosen_threshold(config: ml_collections.ConfigDict, meta: dict):
   return config
 
 
+def inference_model(folder: str, config: ml_collections.ConfigDict | None = None):
+  """(config, model, abstract variables) for the model saved in `folder` (its config.json,
+  or `config` if it fits the saved one), so its variables can be restored."""
+  if config is None:
+    config = load_config(folder)
+  else:
+    check_workdir(config, folder, _CHECKPOINT_FIELDS)
+  model = model_lib.create_model(config.model, config.half_precision)
+  abstract = jax.eval_shape(
+      lambda: model_lib.init_variables(model, 0, config.data.image_size))
+  return config, model, abstract
+
+
 def load_inference(workdir: str, config: ml_collections.ConfigDict | None = None):
   """(config, model, variables, meta) of a workdir's best checkpoint, for evaluate/predict.
 
   `meta` says which epoch it is and the validation score that chose it, for the protocol
   sentence; the returned config carries the threshold chosen with it (`with_chosen_threshold`).
   """
-  if config is None:
-    config = load_config(workdir)
-  else:
-    check_workdir(config, workdir, _CHECKPOINT_FIELDS)
-  model = model_lib.create_model(config.model, config.half_precision)
-  abstract = jax.eval_shape(
-      lambda: model_lib.init_variables(model, 0, config.data.image_size))
+  config, model, abstract = inference_model(workdir, config)
   checkpoints = Checkpoints(workdir)
   try:
     variables, meta = checkpoints.restore_best(abstract)

@@ -11,11 +11,11 @@ import jax
 import numpy as np
 from scipy import special
 
-from unet_flax import checkpointing
 from unet_flax import imaging
 from unet_flax import metrics as metrics_lib
 from unet_flax import model as model_lib
 from unet_flax import progress
+from unet_flax import release
 from unet_flax import sharding
 from unet_flax import visualize
 
@@ -177,16 +177,19 @@ def evaluate_and_report(predictor, variables, config, source: str, raw_split, sp
   return summary
 
 
-def evaluate_workdir(workdir: str, config, split: str, dataset: str | None = None) -> dict:
-  """--mode=evaluate: the workdir's best checkpoint on a split expression of `dataset` (any
-  name `data.source` accepts), or of each dataset it was trained on. {dataset: summary}."""
+def evaluate_workdir(workdir: str, config, split: str, dataset: str | None = None,
+                     report_root: str | None = None) -> dict:
+  """--mode=evaluate: the workdir's best checkpoint, or a release model folder
+  (`release.load_model`), on a split expression of `dataset` (any name `data.source`
+  accepts), or of each dataset it was trained on; reports go under `report_root` (default:
+  the workdir). {dataset: summary}."""
   from data import input_pipeline  # data/ owns TensorFlow.
-  config, model, variables, best = checkpointing.load_inference(workdir, config)
+  config, model, variables, best = release.load_model(workdir, config)
   predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size,
                         config.eval.flip_tta)
   return {
       source: evaluate_and_report(
           predictor, variables, config, source,
-          input_pipeline.load_split(config.data, split, source=source), split, workdir,
-          checkpoint_note=f'best of {workdir}, {best_note(best)}')
+          input_pipeline.load_split(config.data, split, source=source), split,
+          report_root or workdir, checkpoint_note=f'best of {workdir}, {best_note(best)}')
       for source in ([dataset] if dataset else input_pipeline.sources(config.data))}

@@ -400,11 +400,11 @@ def gradcam_split(model, variables, config, batches, output_dir: str,
 
 def gradcam_workdir(workdir: str, config, split: str, dataset: str | None, output_dir: str,
                     layers: list[str], max_images: int) -> dict[str, float]:
-  """--mode=gradcam: the workdir's best checkpoint on a split expression of `dataset` (by
-  default the first dataset it was trained on)."""
+  """--mode=gradcam: the workdir's best checkpoint, or a release model folder, on a split
+  expression of `dataset` (by default the first dataset it was trained on)."""
   from data import input_pipeline  # data/ owns TensorFlow.
-  from unet_flax import checkpointing  # Orbax is only needed here.
-  config, model, variables, _ = checkpointing.load_inference(workdir, config)
+  from unet_flax import release  # Orbax is only needed here.
+  config, model, variables, _ = release.load_model(workdir, config)
   source = dataset or input_pipeline.sources(config.data)[0]
   batches = input_pipeline.eval_batches(
       input_pipeline.load_split(config.data, split, source=source), config.data,

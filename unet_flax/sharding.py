@@ -46,6 +46,14 @@ def global_batch(local_batch: dict, mesh: Mesh, same_on_all_processes: bool = Fa
           sharding, x, x.shape if same_on_all_processes else None), local_batch)
 
 
+def replicate(tree, mesh: Mesh):
+  """Host values that every process holds alike (weights read from a file) as replicated
+  global arrays; each leaf gets buffers of its own, so a donated state may hold them."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(replicated(mesh), np.asarray(x),
+                                                       np.shape(x)), tree)
+
+
 def pad_batch(batch: dict, multiple: int) -> tuple[dict, int]:
   """Pads the leading axis up to a multiple (for the last, short eval batch).
 

@@ -29,6 +29,7 @@ from unet_flax import evaluate
 from unet_flax import losses
 from unet_flax import model as model_lib
 from unet_flax import progress as progress_lib
+from unet_flax import release
 from unet_flax import sharding
 from unet_flax import visualize
 
@@ -277,23 +278,36 @@ def _steps_per_epoch(train_input, local_batch: int) -> int:
   return steps
 
 
+def _initialized_from(state: TrainState, config, mesh) -> TrainState:
+  """`state` with the parameters and BatchNorm statistics of `config.train.init_from`; the
+  EMA starts from those parameters, the optimizer state and the step stay fresh."""
+  variables, best = release.initial_variables(
+      config, {'params': state.params, 'batch_stats': state.batch_stats})
+  logging.info('Starting from the weights of %s (%s).', config.train.init_from,
+               evaluate.best_note(best))
+  return state.replace(params=sharding.replicate(variables['params'], mesh),
+                       batch_stats=sharding.replicate(variables.get('batch_stats', {}), mesh),
+                       ema_params=sharding.replicate(variables['params'], mesh))
+
+
 def _initial_state(config, model, mesh, steps_per_epoch: int, checkpoints,
                    workdir: str) -> TrainState:
   """The workdir's latest checkpoint if there is one (it must fit this config), else a new
-  state; built as replicated global arrays, since no process can device_put onto another's
-  devices."""
+  state, with the weights of `train.init_from` if set: a resumed run continues its own. Built
+  as replicated global arrays, since no process can device_put onto another's devices."""
   state = jax.jit(lambda: create_train_state(config.seed, config, model, steps_per_epoch),
                   out_shardings=sharding.replicated(mesh))()
   restored, meta = checkpoints.restore_latest(state)
   if restored is None:
-    return state
+    return _initialized_from(state, config, mesh) if config.train.init_from else state
   if int(restored.step) != meta['epoch'] * steps_per_epoch:
     raise checkpointing.WorkdirMismatchError(
         f'The latest checkpoint in {workdir} ends epoch {meta["epoch"]} at step '
         f'{int(restored.step)}, but this config has {steps_per_epoch} steps per epoch (was '
         'train.batch_size or the training data changed?). Resuming would replay another data '
         'order: use a new --workdir for this config.')
-  logging.info('Resumed from step %d (epoch %d).', int(restored.step), meta['epoch'])
+  logging.info('Resumed from step %d (epoch %d)%s.', int(restored.step), meta['epoch'],
+               ', not from train.init_from' if config.train.init_from else '')
   return restored
 
 
@@ -377,10 +391,12 @@ def _best_with_threshold(predictor, checkpoints, state: TrainState, validation_b
   return variables, best
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       command: list[str] | None = None) -> dict:
   """Trains, keeps the best checkpoint by validation all-image Dice, evaluates it on test once.
 
-  Returns {dataset: test summary} (see `metrics.summarize`).
+  `command` (main.py's argv) is recorded in the workdir, for `release.export`. Returns
+  {dataset: test summary} (see `metrics.summarize`).
   """
   from data import input_pipeline  # data/ owns TensorFlow; imported only where needed.
 
@@ -392,6 +408,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = _steps_per_epoch(train_input, local_batch)
   if jax.process_index() == 0:  # Only now: a run whose data are missing leaves no workdir.
     checkpointing.save_config(config, workdir)
+    if command:
+      release.record_command(workdir, command)
   if config.data.source == 'synthetic':
     logging.warning('DEMO RUN on synthetic ultrasound-like images: the numbers say nothing '
                     'about BUSI.')
