@@ -26,6 +26,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import subprocess
 
 from absl import logging
@@ -105,14 +106,18 @@ def _test_summaries(workdir: str) -> dict:
     with open(path) as f:
       summary = json.load(f)
     lesion = summary['lesion']
+    # The protocol names the evaluated workdir as typed; the folder's name says enough.
+    protocol = re.sub(r'best of (\S+),', lambda m: f'best of {os.path.basename(m[1])},',
+                      summary['protocol'])
     summaries[os.path.basename(os.path.dirname(os.path.dirname(path)))] = {
-        'protocol': summary['protocol'], 'num_images': summary['num_images'],
+        'protocol': protocol, 'num_images': summary['num_images'],
         **{f'lesion_{metric}': {key: lesion[metric][key] for key in ('mean', 'ci95', 'n')}
            for metric in ('dice', 'iou', 'hd95')},
         'pooled_dice': summary['pooled_dice'],
         'normal_empty_rate': summary['normal']['empty_rate'],
         'normal_images': summary['normal']['n'],
-        'all_images_dice': summary['all_images_dice']}
+        'all_images_dice': summary['all_images_dice'],
+        'image_level': summary.get('image_level')}
   return summaries
 
 
