@@ -1,10 +1,11 @@
-"""busi-unet command line: train, evaluate, predict, gradcam, benchmark.
+"""busi-unet command line: train, evaluate, predict, gradcam, benchmark, export.
 
   python main.py --config=configs/cpu.py --workdir=runs/cpu             # train (+ test once)
   python main.py --mode=evaluate --workdir=runs/cpu --split=test         # best checkpoint
   python main.py --mode=predict --workdir=runs/cpu --input=scans/ --output=out/
   python main.py --mode=gradcam --workdir=runs/cpu --split=test --output=cams/
   python main.py --mode=benchmark --config=configs/cpu.py
+  python main.py --mode=export --workdir=runs/cpu --output=exported/       # ONNX, SavedModel
 
 Any config field can be overridden, e.g. `--config.train.num_epochs=5`. Modes that read a
 workdir take its saved config.json unless --config is given.
@@ -28,7 +29,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory: config, checkpoints, logs, figures.')
-flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict', 'gradcam', 'benchmark'],
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'evaluate', 'predict', 'gradcam', 'benchmark', 'export'],
                   'What to do.')
 flags.DEFINE_string('split', 'test', 'evaluate/gradcam: TFDS split expression, e.g. '
                     '"train+validation+test".')
@@ -42,7 +44,11 @@ flags.DEFINE_string('tfds_data_dir', None, 'evaluate/gradcam: where that copy is
 flags.DEFINE_string('compare_to', None, 'evaluate: another workdir whose model is scored on '
                     'the same images; prints and saves the paired per-image differences.')
 flags.DEFINE_list('input', [], 'predict: image files, folders or globs.')
-flags.DEFINE_string('output', None, 'predict/gradcam: output folder.')
+flags.DEFINE_string('output', None, 'predict/gradcam/export: output folder.')
+flags.DEFINE_enum('backend', 'auto', ['auto', 'jax', 'onnxruntime'],
+                  'evaluate, predict --cams=false: what runs the network. onnxruntime (pip '
+                  'install -r requirements-export.txt) is faster on a CPU, same probabilities '
+                  'to 1e-4; auto: onnxruntime when installed and JAX would run on the CPU.')
 flags.DEFINE_boolean('cams', True, 'predict: Seg-Grad-CAM maps (X_cam.npy); false skips the '
                      'Grad-CAM pass and writes masks and predictions.csv only (no overlays: '
                      'they show the CAM).')
@@ -78,7 +84,8 @@ def _evaluate():
   """--mode=evaluate, and with --compare_to the paired comparison on the same images."""
   from unet_flax import compare, evaluate
   config = _workdir_config(FLAGS.workdir)
-  summaries = evaluate.evaluate_workdir(FLAGS.workdir, config, FLAGS.split, FLAGS.dataset)
+  summaries = evaluate.evaluate_workdir(FLAGS.workdir, config, FLAGS.split, FLAGS.dataset,
+                                        FLAGS.backend)
   if not FLAGS.compare_to:
     return
   # The other model reads the very same data (folders, builds, folder dataset's naming), at
@@ -89,7 +96,7 @@ def _evaluate():
     other.data = config.data.copy_and_resolve_references()
     other.data.update(own)
   for dataset in summaries:
-    evaluate.evaluate_workdir(FLAGS.compare_to, other, FLAGS.split, dataset)
+    evaluate.evaluate_workdir(FLAGS.compare_to, other, FLAGS.split, dataset, FLAGS.backend)
     print(compare.write_comparison(
         evaluate.split_dir(evaluate.report_dir(FLAGS.workdir, config, dataset), FLAGS.split),
         evaluate.split_dir(evaluate.report_dir(FLAGS.compare_to, config, dataset),
@@ -138,10 +145,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
   from data import provenance
   from data.busi import dataset_files
   from data.seg_folder import FolderFormatError
-  from unet_flax import checkpointing
+  from unet_flax import checkpointing, onnx_graph
   return (FileNotFoundError, provenance.StaleBuildError, FolderFormatError,
           dataset_files.BusiFormatError, checkpointing.UnreadableCheckpointError,
-          checkpointing.WorkdirMismatchError)
+          checkpointing.WorkdirMismatchError, onnx_graph.MissingDependencyError)
 
 
 def _run():
@@ -151,13 +158,18 @@ def _run():
   elif FLAGS.mode == 'evaluate':
     _evaluate()
   elif FLAGS.mode == 'predict':
-    from unet_flax import checkpointing, predict
+    from unet_flax import checkpointing, onnx_backend, predict
     if not FLAGS.input or not FLAGS.output:
       raise app.UsageError('--mode=predict needs --input and --output.')
+    if FLAGS.cams and FLAGS.backend == 'onnxruntime':
+      raise app.UsageError('--backend=onnxruntime computes masks only (Grad-CAM needs JAX): '
+                           'add --cams=false.')
     config, model, variables, _ = checkpointing.load_inference(FLAGS.workdir, FLAGS.config)
-    failures = predict.predict_files(model, variables, config, FLAGS.input, FLAGS.output,
-                                     layer=FLAGS.layers[0], overlays=FLAGS.overlays,
-                                     cams=FLAGS.cams)
+    failures = predict.predict_files(
+        model, variables, config, FLAGS.input, FLAGS.output, layer=FLAGS.layers[0],
+        overlays=FLAGS.overlays, cams=FLAGS.cams,
+        network=None if FLAGS.cams else onnx_backend.network(FLAGS.backend, model, variables,
+                                                             config))
     if failures:
       logging.error('%d input file(s) could not be processed (see above).', failures)
       sys.exit(1)
@@ -170,6 +182,11 @@ def _run():
   elif FLAGS.mode == 'benchmark':
     from unet_flax import benchmark
     benchmark.run(FLAGS.config)
+  elif FLAGS.mode == 'export':
+    from unet_flax import export
+    if not FLAGS.output:
+      raise app.UsageError('--mode=export needs --output.')
+    export.export_workdir(FLAGS.workdir, FLAGS.config, FLAGS.output)
 
 
 def main(argv):

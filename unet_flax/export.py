@@ -73,11 +73,12 @@ def _saved_model_outputs(path: str, images: np.ndarray) -> dict:
   return {name: value.numpy() for name, value in serve(tf.constant(images)).items()}
 
 
-def verify(model, variables, image_size: int, flip_tta: bool, output_dir: str,
-           seed: int = 0) -> dict:
+def verify(model, variables, config, output_dir: str) -> dict:
   """Max abs difference of each written model's probabilities from JAX's on a random batch
-  of two; raises if one exceeds `TOLERANCE`."""
-  images = np.random.default_rng(seed).random((2, image_size, image_size, 1), np.float32)
+  of `eval.batch_size`; raises if one exceeds `TOLERANCE`."""
+  size, flip_tta = config.data.image_size, config.eval.flip_tta
+  images = np.random.default_rng(config.seed).random((config.eval.batch_size, size, size, 1),
+                                                     np.float32)
   expected = jax.device_get(reference_outputs(model, variables, images, flip_tta))
   differences = {}
   for name, outputs in (
@@ -91,7 +92,7 @@ def verify(model, variables, image_size: int, flip_tta: bool, output_dir: str,
       raise AssertionError(f'The {name} export differs from JAX by {differences[name]:.2e} '
                            f'(tolerance {TOLERANCE}): a bug in unet_flax/onnx_graph.py or '
                            'export.py.')
-  return {'images': 'two of uniform noise', 'tolerance': TOLERANCE,
+  return {'images': f'{len(images)} of uniform noise', 'tolerance': TOLERANCE,
           'max_abs_probability_difference': differences}
 
 
@@ -164,7 +165,7 @@ def export_workdir(workdir: str, config, output_dir: str) -> dict:
     f.write(proto.SerializeToString())
   write_saved_model(model, variables, size, flip_tta, os.path.join(output_dir, SAVED_MODEL_DIR))
   result = manifest(config, f'best of {workdir}, {evaluate.best_note(best)}',
-                    verify(model, variables, size, flip_tta, output_dir))
+                    verify(model, variables, config, output_dir))
   with open(os.path.join(output_dir, MANIFEST_FILE), 'w') as f:
     json.dump(result, f, indent=2)
   print(f'Wrote {ONNX_FILE}, {SAVED_MODEL_DIR}/ and {MANIFEST_FILE} to {output_dir} '
