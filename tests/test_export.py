@@ -290,7 +290,7 @@ def test_auto_backend_takes_onnxruntime_only_where_it_is_the_faster_exact_one(sh
   half = config.copy_and_resolve_references()
   half.half_precision = True
   assert onnx_backend.network('auto', model, variables, half) is None
-  monkeypatch.setattr(onnx_backend, '_installed', lambda: False)
+  monkeypatch.setattr(onnx_backend, 'installed', lambda: False)
   assert onnx_backend.network('auto', model, variables, config) is None
 
 

@@ -37,7 +37,7 @@ class OnnxNetwork:
     return results[0], results[1] if len(results) > 1 else None
 
 
-def _installed() -> bool:
+def installed() -> bool:
   return all(importlib.util.find_spec(name) for name in ('onnx', 'onnxruntime'))
 
 
@@ -48,7 +48,7 @@ def network(backend: str, model, variables, config) -> OnnxNetwork | None:
   on a GPU or TPU, and for a half-precision model, JAX is the faster or the exact one.
   """
   if backend == 'jax' or backend == 'auto' and (
-      not _installed() or jax.default_backend() != 'cpu' or config.half_precision):
+      not installed() or jax.default_backend() != 'cpu' or config.half_precision):
     return None
   logging.info('Running the network with ONNX Runtime (--backend=%s).', backend)
   return OnnxNetwork(model, variables, config.data.image_size, config.eval.flip_tta)
