@@ -40,10 +40,6 @@ def import_optional(name: str, purpose: str):
         f'{purpose} needs the {name!r} package, which is not installed: {INSTALL_HINT}') from e
 
 
-def output_names(model) -> tuple[str, ...]:
-  return LESION_OUTPUTS + (PRESENCE_OUTPUTS if model.presence_head else ())
-
-
 class _Graph:
   """Nodes and initializers under construction; every op returns its output's name."""
 
