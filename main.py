@@ -1,4 +1,4 @@
-"""busi-unet command line: train, evaluate, predict, gradcam, release, benchmark.
+"""busi-unet command line: train, evaluate, predict, gradcam, release, export, benchmark.
 
   python main.py --config=configs/cpu.py --workdir=runs/cpu             # train (+ test once)
   python main.py --mode=evaluate --workdir=runs/cpu --split=test         # best checkpoint
@@ -6,6 +6,7 @@
   python main.py --mode=gradcam --workdir=runs/cpu --split=test --output=cams/
   python main.py --mode=release --workdir=runs/cpu --output=models/my-unet  # release folder
   python main.py --mode=benchmark --config=configs/cpu.py
+  python main.py --mode=export --workdir=runs/cpu --output=exported/       # ONNX, SavedModel
 
 Any config field can be overridden, e.g. `--config.train.num_epochs=5`. Modes that read a
 workdir take its saved config.json unless --config is given. Without --workdir, evaluate,
@@ -33,11 +34,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory: config, checkpoints, logs, figures.')
-flags.DEFINE_string('model', None, 'evaluate/predict/gradcam without --workdir: a release '
-                    'model folder (written by --mode=release); default: the repository\'s '
-                    'models/busi-unet.')
+flags.DEFINE_string('model', None, 'evaluate/predict/gradcam/export without --workdir: a '
+                    'release model folder (written by --mode=release); default: the '
+                    'repository\'s models/busi-unet.')
 flags.DEFINE_enum('mode', 'train',
-                  ['train', 'evaluate', 'predict', 'gradcam', 'release', 'benchmark'],
+                  ['train', 'evaluate', 'predict', 'gradcam', 'release', 'export', 'benchmark'],
                   'What to do.')
 flags.DEFINE_string('split', 'test', 'evaluate/gradcam: TFDS split expression, e.g. '
                     '"train+validation+test".')
@@ -51,10 +52,14 @@ flags.DEFINE_string('tfds_data_dir', None, 'evaluate/gradcam: where that copy is
 flags.DEFINE_string('compare_to', None, 'evaluate: another workdir whose model is scored on '
                     'the same images; prints and saves the paired per-image differences.')
 flags.DEFINE_list('input', [], 'predict: image files, folders or globs.')
-flags.DEFINE_string('output', None, 'predict/gradcam/release: output folder. evaluate of a '
-                    'release model: the folder its reports go under, as under a workdir '
+flags.DEFINE_string('output', None, 'predict/gradcam/release/export: output folder. evaluate '
+                    'of a release model: the folder its reports go under, as under a workdir '
                     '(default: runs/<model folder name>; gradcam\'s default is its '
                     '/gradcam).')
+flags.DEFINE_enum('backend', 'jax', ['auto', 'jax', 'onnxruntime'],
+                  'evaluate, predict --cams=false: what runs the network. onnxruntime (pip '
+                  'install -r requirements-export.txt) is faster on a CPU, same probabilities '
+                  'to 1e-4; auto: onnxruntime when installed and JAX would run on the CPU.')
 flags.DEFINE_boolean('cams', True, 'predict: Seg-Grad-CAM maps (X_cam.npy); false skips the '
                      'Grad-CAM pass and writes masks and predictions.csv only (no overlays: '
                      'they show the CAM).')
@@ -112,7 +117,8 @@ def _evaluate():
   model_dir = _model_dir()
   root = _report_root(model_dir)
   config = _workdir_config(model_dir, root)
-  summaries = evaluate.evaluate_workdir(model_dir, config, FLAGS.split, FLAGS.dataset, root)
+  summaries = evaluate.evaluate_workdir(model_dir, config, FLAGS.split, FLAGS.dataset, root,
+                                        FLAGS.backend)
   if not FLAGS.compare_to:
     return
   # The other model reads the very same data (folders, builds, folder dataset's naming), at
@@ -123,7 +129,7 @@ def _evaluate():
     other.data = config.data.copy_and_resolve_references()
     other.data.update(own)
   for dataset in summaries:
-    evaluate.evaluate_workdir(FLAGS.compare_to, other, FLAGS.split, dataset)
+    evaluate.evaluate_workdir(FLAGS.compare_to, other, FLAGS.split, dataset, FLAGS.backend)
     print(compare.write_comparison(
         evaluate.split_dir(evaluate.report_dir(root, config, dataset), FLAGS.split),
         evaluate.split_dir(evaluate.report_dir(FLAGS.compare_to, config, dataset),
@@ -184,6 +190,11 @@ def _check_flags(argv) -> None:
                '--config=configs/synthetic.py.')
   elif FLAGS.mode == 'predict' and not (FLAGS.input and FLAGS.output):
     problem = '--mode=predict needs --input (files, folders or globs) and --output (a folder).'
+  elif FLAGS.mode == 'predict' and FLAGS.cams and FLAGS.backend == 'onnxruntime':
+    problem = ('--backend=onnxruntime computes masks only (Grad-CAM needs JAX): add '
+               '--cams=false.')
+  elif FLAGS.mode in ('release', 'export') and not FLAGS.output:
+    problem = f'--mode={FLAGS.mode} needs --output (the folder to write).'
   elif not FLAGS.layers:
     problem = '--layers is empty: name one or more, e.g. --layers=decoder_1.'
   if problem:
@@ -233,12 +244,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
   from data import provenance
   from data.busi import dataset_files
   from data.seg_folder import FolderFormatError
-  from unet_flax import checkpointing, release
+  from unet_flax import checkpointing, onnx_graph, release
   return (FileNotFoundError, config_checks.ConfigError, provenance.StaleBuildError,
           FolderFormatError,
           dataset_files.BusiFormatError, checkpointing.UnreadableCheckpointError,
           checkpointing.WorkdirMismatchError, release.ChecksumError,
-          release.ModelMismatchError)
+          release.ModelMismatchError, onnx_graph.MissingDependencyError)
 
 
 def _run():
@@ -251,13 +262,15 @@ def _run():
   elif FLAGS.mode == 'evaluate':
     _evaluate()
   elif FLAGS.mode == 'predict':
-    from unet_flax import predict, release
+    from unet_flax import onnx_backend, predict, release
     config, model, variables, _ = release.load_model(_model_dir(), FLAGS.config)
     if FLAGS.threshold is not None:  # The user's, instead of the one chosen on validation.
       config.eval.threshold = FLAGS.threshold
-    failures = predict.predict_files(model, variables, config, FLAGS.input, FLAGS.output,
-                                     layer=FLAGS.layers[0], overlays=FLAGS.overlays,
-                                     cams=FLAGS.cams, probabilities=FLAGS.probabilities)
+    failures = predict.predict_files(
+        model, variables, config, FLAGS.input, FLAGS.output, layer=FLAGS.layers[0],
+        overlays=FLAGS.overlays, cams=FLAGS.cams, probabilities=FLAGS.probabilities,
+        network=None if FLAGS.cams else onnx_backend.network(FLAGS.backend, model, variables,
+                                                             config))
     if failures:
       logging.error('%d input file(s) could not be processed (see above).', failures)
       sys.exit(1)
@@ -271,8 +284,6 @@ def _run():
                             FLAGS.layers, FLAGS.max_images)
   elif FLAGS.mode == 'release':
     from unet_flax import release
-    if not FLAGS.output:
-      raise app.UsageError('--mode=release needs --output (the release folder to write).')
     manifest = release.export(FLAGS.workdir, FLAGS.output)
     print(f"Wrote {FLAGS.output}: {release.VARIABLES_FILE} "
           f"({manifest['variables']['bytes'] / 1e6:.1f} MB, sha256 "
@@ -282,6 +293,9 @@ def _run():
   elif FLAGS.mode == 'benchmark':
     from unet_flax import benchmark
     benchmark.run(FLAGS.config)
+  elif FLAGS.mode == 'export':
+    from unet_flax import export
+    export.export_workdir(_model_dir(), FLAGS.config, FLAGS.output)
 
 
 def main(argv):

@@ -71,7 +71,7 @@ def pipeline_images_per_s(config, epochs: int = 2) -> tuple[float, str]:
   return images / (time.perf_counter() - start), data_config.source
 
 
-def _eval_images(config) -> np.ndarray:
+def eval_images(config) -> np.ndarray:
   """A random float32 batch of the eval shape: speed does not depend on the pixels."""
   size = config.data.image_size
   return np.random.default_rng(config.seed).random((config.eval.batch_size, size, size, 1),
@@ -81,7 +81,7 @@ def _eval_images(config) -> np.ndarray:
 def inference_images_per_s(model, variables, config, mesh) -> float:
   """Images/s of one forward pass (no flip TTA) at `eval.batch_size`, as evaluate runs it."""
   predictor = evaluate.Predictor(model, mesh, config.eval.batch_size)
-  images = _eval_images(config)
+  images = eval_images(config)
   return config.eval.batch_size / median_seconds(lambda: predictor.logits(variables, images),
                                                  config.benchmark.steps)
 
@@ -89,7 +89,7 @@ def inference_images_per_s(model, variables, config, mesh) -> float:
 def gradcam_images_per_s(model, variables, config, layer: str) -> float:
   """Images/s of Seg-Grad-CAM of `layer` (a forward and a backward pass) at
   `eval.batch_size`, as predict runs it."""
-  images = _eval_images(config)
+  images = eval_images(config)
   region = images[..., 0] > 0.5
   return config.eval.batch_size / median_seconds(
       lambda: gradcam.seg_grad_cam(model, variables, images, layer, region=region),

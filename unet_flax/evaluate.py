@@ -14,6 +14,7 @@ from scipy import special
 from unet_flax import imaging
 from unet_flax import metrics as metrics_lib
 from unet_flax import model as model_lib
+from unet_flax import onnx_backend
 from unet_flax import progress
 from unet_flax import release
 from unet_flax import sharding
@@ -23,12 +24,14 @@ SAMPLES_PER_CLASS = 4  # Images per class kept for the prediction grid figure.
 
 
 class Predictor:
-  """A jit-compiled forward pass over data-sharded batches (BatchNorm in inference mode)."""
+  """A jit-compiled forward pass over data-sharded batches (BatchNorm in inference mode), or
+  `network` (an `onnx_backend.OnnxNetwork` of the same model) instead of JAX."""
 
-  def __init__(self, model, mesh, batch_size: int, flip_tta: bool = False):
+  def __init__(self, model, mesh, batch_size: int, flip_tta: bool = False, network=None):
     sharding.check_batch_size(batch_size, 'eval.batch_size')
     self.mesh = mesh
     self._batch_size = batch_size
+    self._network = network
     self._apply = jax.jit(
         functools.partial(model_lib.inference_outputs, model, flip_tta=flip_tta),
         in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
@@ -41,11 +44,14 @@ class Predictor:
 
     Every process passes the same whole batch; each device takes its slice of it.
     """
-    padded, n = sharding.pad_batch({'image': images}, self._batch_size)
-    images = sharding.global_batch(padded, self.mesh, same_on_all_processes=True)['image']
-    logits, presence = jax.device_get(self._apply(variables, images))
-    return (np.asarray(logits)[:n],
-            None if presence is None else special.expit(np.asarray(presence)[:n]))
+    if self._network is not None:
+      logits, presence = self._network.outputs(images)
+    else:
+      padded, n = sharding.pad_batch({'image': images}, self._batch_size)
+      images = sharding.global_batch(padded, self.mesh, same_on_all_processes=True)['image']
+      logits, presence = (None if x is None else np.asarray(x)[:n]
+                          for x in jax.device_get(self._apply(variables, images)))
+    return logits, None if presence is None else special.expit(presence)
 
   def logits(self, variables, images: np.ndarray) -> np.ndarray:
     """The (B, S, S) logits of `outputs`."""
@@ -178,15 +184,17 @@ def evaluate_and_report(predictor, variables, config, source: str, raw_split, sp
 
 
 def evaluate_workdir(workdir: str, config, split: str, dataset: str | None = None,
-                     report_root: str | None = None) -> dict:
+                     report_root: str | None = None, backend: str = 'jax') -> dict:
   """--mode=evaluate: the workdir's best checkpoint, or a release model folder
   (`release.load_model`), on a split expression of `dataset` (any name `data.source`
-  accepts), or of each dataset it was trained on; reports go under `report_root` (default:
-  the workdir). {dataset: summary}."""
+  accepts), or of each dataset it was trained on, its network run by `backend`
+  (`onnx_backend.BACKENDS`); reports go under `report_root` (default: the workdir).
+  {dataset: summary}."""
   from data import input_pipeline  # data/ owns TensorFlow.
   config, model, variables, best = release.load_model(workdir, config)
   predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size,
-                        config.eval.flip_tta)
+                        config.eval.flip_tta,
+                        onnx_backend.network(backend, model, variables, config))
   return {
       source: evaluate_and_report(
           predictor, variables, config, source,

@@ -198,14 +198,18 @@ def _readable_batches(reads, batch_size: int, on_failure):
     yield batch
 
 
-def _explain(model, variables, config, images: np.ndarray, layers):
+def _explain(model, variables, config, images: np.ndarray, layers, network=None):
   """The logits `evaluate` scores (flip TTA per config), the presence logits, and each
   layer's Grad-CAM of the region the logits mark, so the map explains the very mask shown.
+  `network` (an `onnx_backend.OnnxNetwork`) computes the logits instead of JAX.
 
   Returns ((B, S, S) logits, (B,) presence logits or None, {layer: GradCamResult}).
   """
-  logits, presence = model_lib.inference_outputs(model, variables, images,
-                                                 flip_tta=config.eval.flip_tta)
+  if network is None:
+    logits, presence = model_lib.inference_outputs(model, variables, images,
+                                                   flip_tta=config.eval.flip_tta)
+  else:
+    logits, presence = network.outputs(images)
   logits = np.asarray(logits)
   region = np.stack([imaging.lesion_mask(special.expit(image_logits), config.eval.threshold,
                                          config.eval.min_lesion_fraction)
@@ -216,7 +220,7 @@ def _explain(model, variables, config, images: np.ndarray, layers):
 
 
 def _predict_batch(model, variables, config, scans: list[_Scan], batch_size: int,
-                   layer: str | None) -> list[_Prediction]:
+                   layer: str | None, network=None) -> list[_Prediction]:
   """Network outputs of each scan; Grad-CAM of `layer` unless it is None.
 
   The batch is zero-padded to `batch_size`: one shape, so each function compiles once. A
@@ -228,7 +232,7 @@ def _predict_batch(model, variables, config, scans: list[_Scan], batch_size: int
   for i, scan in enumerate(scans):
     images[i] = scan.network_input
   logits, presence, results = _explain(model, variables, config, images,
-                                       [layer] if layer else [])
+                                       [layer] if layer else [], network)
   return [_Prediction(logits[i], None if presence is None else float(special.expit(presence[i])),
                       results[layer].cam[i] if layer else None,
                       bool(layer and results[layer].empty_target[i]))
@@ -299,7 +303,7 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 def predict_files(model, variables, config, paths: list[str], output_dir: str,
                   layer: str = 'decoder_1', *, overlays: bool = True, cams: bool = True,
-                  probabilities: bool = False) -> int:
+                  probabilities: bool = False, network=None) -> int:
   """Predicts every scan of `paths` into `output_dir`; returns how many inputs failed.
 
   Per scan `X` (a file `X.ext`, or frame 3 of a multi-frame DICOM `X_frame003`): `X_mask.png`
@@ -310,6 +314,7 @@ def predict_files(model, variables, config, paths: list[str], output_dir: str,
   at the original size; `predictions.csv` has a row per scan, in input and frame order.
   Unreadable files are reported and skipped. One thread decodes the next batch and another
   writes the last one while the network runs, so a folder streams at the network's pace.
+  `network` (an `onnx_backend.OnnxNetwork`) computes the logits instead of JAX.
   """
   listed, problems = expand_inputs(paths)
   inputs, dropped = _unique_outputs(listed)
@@ -330,7 +335,7 @@ def predict_files(model, variables, config, paths: list[str], output_dir: str,
     for scans in _readable_batches(_read_ahead(reader, inputs, read, batch_size), batch_size,
                                    outcomes.failed):
       predictions = _predict_batch(model, variables, config, scans, batch_size,
-                                   layer if cams else None)
+                                   layer if cams else None, network)
       writes += [(writer.submit(_write_outputs, output_dir, scan, prediction, config.eval,
                                 overlay, probabilities), scan.last)
                  for scan, prediction in zip(scans, predictions)]

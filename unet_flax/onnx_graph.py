@@ -1,0 +1,226 @@
+"""The U-Net's inference outputs as an ONNX graph, written from its trained parameters.
+
+No converter reaches ONNX from this stack: jax2tf's SavedModel holds an `XlaCallModule` op that
+tf2onnx cannot convert, and jax2onnx pins an older orbax. The U-Net is a handful of op types,
+so the graph is written node by node here, mirroring `model.UNet` in inference mode (BatchNorm
+folded into the convolution before it, dropout off, deep-supervision heads left out as
+inference leaves them) and `model.inference_outputs` (flip TTA inside the graph).
+tests/test_export.py holds every output to JAX's.
+
+Input `image`: (N, S, S, 1) float32 in [0, 1], the layout the JAX model takes. Outputs, each
+the mean over the image and its mirror with flip TTA: `lesion_logits` and
+`lesion_probability` (N, S, S), with a presence head already gated by it as inference gates
+them, and with a presence head `presence_logits` and `presence_probability` (N,).
+"""
+import collections
+
+import flax.linen as nn
+import numpy as np
+
+# Opset 17 and IR version 8 (ONNX 1.12, 2022) load in every current runtime: ONNX Runtime,
+# TensorRT, OpenVINO, onnxruntime-web.
+OPSET = 17
+IR_VERSION = 8
+INPUT = 'image'
+LESION_OUTPUTS = ('lesion_logits', 'lesion_probability')
+PRESENCE_OUTPUTS = ('presence_logits', 'presence_probability')
+INSTALL_HINT = 'pip install -r requirements-export.txt'
+
+
+class MissingDependencyError(RuntimeError):
+  """The optional export packages (onnx, onnxruntime) are not installed."""
+
+
+def import_optional(name: str, purpose: str):
+  """`import name`, or an error that says how to install it."""
+  try:
+    return __import__(name)
+  except ImportError as e:
+    raise MissingDependencyError(
+        f'{purpose} needs the {name!r} package, which is not installed: {INSTALL_HINT}') from e
+
+
+class _Graph:
+  """Nodes and initializers under construction; every op returns its output's name."""
+
+  def __init__(self):
+    self.onnx = import_optional('onnx', 'The ONNX export')
+    self.nodes, self.initializers = [], []
+    self._counts = collections.Counter()
+
+  def _name(self, prefix: str) -> str:
+    self._counts[prefix] += 1
+    return f'{prefix}_{self._counts[prefix]}'
+
+  def constant(self, name: str, array) -> str:
+    name = self._name(name)
+    self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
+    return name
+
+  def op(self, op_type: str, inputs: list[str], name: str = '', output: str = '',
+         **attributes) -> str:
+    output = output or self._name(f'{name or op_type}/out')
+    self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [output],
+                                                 name=self._name(name or op_type),
+                                                 **attributes))
+    return output
+
+  def conv(self, x: str, conv, name: str, norm=None, stats=None) -> str:
+    """Flax `nn.Conv` ('SAME' padding), with a BatchNorm (`norm` parameters, `stats`) folded
+    in: y = (conv(x) - mean) * scale / sqrt(var + eps) + bias is one convolution."""
+    kernel = np.asarray(conv['kernel'], np.float64)  # (kh, kw, in, out)
+    bias = np.asarray(conv['bias'], np.float64) if 'bias' in conv else np.zeros(kernel.shape[-1])
+    if stats is not None:
+      factor = (np.asarray(norm['scale'], np.float64) /
+                np.sqrt(np.asarray(stats['var'], np.float64) + nn.BatchNorm.epsilon))
+      kernel = kernel * factor
+      bias = (bias - np.asarray(stats['mean'], np.float64)) * factor + np.asarray(norm['bias'])
+    size = kernel.shape[0]
+    return self.op('Conv', [x, self.constant(f'{name}/kernel',
+                                             kernel.transpose(3, 2, 0, 1).astype(np.float32)),
+                            self.constant(f'{name}/bias', bias.astype(np.float32))],
+                   name, kernel_shape=[size, size], pads=[size // 2] * 4)
+
+  def group_norm(self, x: str, norm, groups: int, name: str) -> str:
+    """Flax `nn.GroupNorm` over (channels of a group, H, W), NCHW."""
+    grouped = self.op('Reshape', [x, self.constant(f'{name}/groups',
+                                                   np.array([0, groups, -1], np.int64))], name)
+    centred = self.op('Sub', [grouped, self.op('ReduceMean', [grouped], name, axes=[2])], name)
+    var = self.op('ReduceMean', [self.op('Mul', [centred, centred], name)], name, axes=[2])
+    std = self.op('Sqrt', [self.op('Add', [var, self.constant(
+        f'{name}/epsilon', np.float32(nn.GroupNorm.epsilon))], name)], name)
+    x = self.op('Reshape', [self.op('Div', [centred, std], name), self.op('Shape', [x], name)],
+                name)
+    per_channel = lambda a: np.asarray(a, np.float32)[:, None, None]
+    x = self.op('Mul', [x, self.constant(f'{name}/scale', per_channel(norm['scale']))], name)
+    return self.op('Add', [x, self.constant(f'{name}/bias', per_channel(norm['bias']))], name)
+
+  def flip_width(self, x: str, axis: int) -> str:
+    return self.op('Slice', [x, self.constant('flip/start', np.array([-1], np.int64)),
+                             self.constant('flip/end', np.array([np.iinfo(np.int64).min])),
+                             self.constant('flip/axis', np.array([axis], np.int64)),
+                             self.constant('flip/step', np.array([-1], np.int64))], 'flip')
+
+
+def _conv_block(g: _Graph, x: str, model, params, stats, name: str) -> str:
+  """`model.ConvBlock`: two (3x3 conv, norm, ReLU); dropout is off in inference."""
+  for i in range(2):
+    norm = params.get(f'norm_{i}')
+    if model.norm == 'batch':
+      x = g.conv(x, params[f'conv_{i}'], f'{name}/conv_{i}', norm, stats[f'norm_{i}'])
+    else:
+      x = g.conv(x, params[f'conv_{i}'], f'{name}/conv_{i}')
+      if model.norm == 'group':
+        features = params[f'conv_{i}']['kernel'].shape[-1]
+        x = g.group_norm(x, norm, min(8, features), f'{name}/norm_{i}')
+    x = g.op('Relu', [x], name)
+  return x
+
+
+def _upsample(g: _Graph, x: str, model, params, name: str) -> str:
+  """`model.Upsample`: a 2x2 stride-2 transposed conv, or bilinear resize + 3x3 conv."""
+  if model.upsample == 'transpose':
+    # As `model.PixelShuffleConvTranspose` computes it: one 1x1 conv to the 2 x 2 output
+    # pixels' channels, then depth-to-space. ONNX Runtime's ConvTranspose took 3x as long.
+    # The kernel is spatially flipped, as lax.conv_transpose flips it.
+    conv = params['ConvTranspose_0']
+    kernel = np.asarray(conv['kernel'], np.float32)[::-1, ::-1]  # (2, 2, in, out)
+    features = kernel.shape[-1]
+    # DepthToSpace 'DCR' reads channel (2 i + j) * features + o for output pixel (i, j).
+    x = g.conv(x, {'kernel': kernel.transpose(2, 0, 1, 3).reshape(1, 1, -1, 4 * features),
+                   'bias': np.tile(np.asarray(conv['bias']), 4)}, name)
+    return g.op('DepthToSpace', [x], name, blocksize=2, mode='DCR')
+  # jax.image.resize's bilinear upsampling: half-pixel centres, edges clamped.
+  x = g.op('Resize', [x, '', g.constant(f'{name}/scales', np.array([1, 1, 2, 2], np.float32))],
+           name, mode='linear', coordinate_transformation_mode='half_pixel')
+  return g.conv(x, params['Conv_0'], f'{name}/conv')
+
+
+def _attention_gate(g: _Graph, skip: str, gating: str, params, name: str) -> str:
+  """`model.AttentionGate`: the skip times a per-pixel weight in (0, 1)."""
+  joint = g.op('Add', [g.conv(skip, params['skip_proj'], f'{name}/skip_proj'),
+                       g.conv(gating, params['gating_proj'], f'{name}/gating_proj')], name)
+  weight = g.conv(g.op('Relu', [joint], name), params['weight'], f'{name}/weight')
+  return g.op('Mul', [skip, g.op('Sigmoid', [weight], name)], name)
+
+
+def _unet(g: _Graph, x: str, model, variables) -> tuple[str, str | None]:
+  """`model.UNet` in inference mode on NCHW `x`: ((B, 1, S, S) logits, gated by the presence
+  head if there is one; its (B, 1) logits or None)."""
+  params, stats = variables['params'], variables.get('batch_stats', {})
+  skips = []
+  for level in range(model.depth):
+    name = f'encoder_{level}'
+    x = _conv_block(g, x, model, params[name], stats.get(name), name)
+    skips.append(x)
+    x = g.op('MaxPool', [x], f'pool_{level}', kernel_shape=[2, 2], strides=[2, 2])
+  x = bottleneck = _conv_block(g, x, model, params['bottleneck'], stats.get('bottleneck'),
+                               'bottleneck')
+  for level in reversed(range(model.depth)):
+    x = _upsample(g, x, model, params[f'upsample_{level}'], f'upsample_{level}')
+    skip = skips[level]
+    if model.attention_gates and level >= 1:
+      skip = _attention_gate(g, skip, x, params[f'gate_{level}'], f'gate_{level}')
+    x = g.op('Concat', [x, skip], f'concat_{level}', axis=1)
+    name = f'decoder_{level}'
+    x = _conv_block(g, x, model, params[name], stats.get(name), name)
+  logits = g.conv(x, params['head'], 'head')
+  if not model.presence_head:
+    return logits, None
+  dense = params['presence']['Dense_0']
+  pooled = g.op('Flatten', [g.op('GlobalAveragePool', [bottleneck], 'presence')], 'presence')
+  presence = g.op('Gemm', [pooled, g.constant('presence/kernel', np.asarray(dense['kernel'])),
+                           g.constant('presence/bias', np.asarray(dense['bias']))], 'presence')
+  # `model.gate_logits`: a + b - logaddexp(softplus(a), b), with
+  # logaddexp(u, v) = max(u, v) + log(1 + exp(-|u - v|)).
+  b = g.op('Reshape', [presence, g.constant('gate/shape', np.array([-1, 1, 1, 1], np.int64))],
+           'gate')
+  u = g.op('Softplus', [logits], 'gate')
+  one = g.constant('gate/one', np.float32(1))
+  log_sum = g.op('Add', [g.op('Max', [u, b], 'gate'), g.op('Log', [g.op('Add', [one, g.op(
+      'Exp', [g.op('Neg', [g.op('Abs', [g.op('Sub', [u, b], 'gate')], 'gate')], 'gate')],
+      'gate')], 'gate')], 'gate')], 'gate')
+  gated = g.op('Sub', [g.op('Add', [logits, b], 'gate'), log_sum], 'gate')
+  return gated, presence
+
+
+def build(model, variables, image_size: int, flip_tta: bool):
+  """The `onnx.ModelProto` of `model.inference_outputs(model, variables, images, flip_tta)`
+  (and the sigmoid of each output), for batches of (N, image_size, image_size, 1) images."""
+  g = _Graph()
+  onnx, helper = g.onnx, g.onnx.helper
+  x = g.op('Transpose', [INPUT], 'to_nchw', perm=[0, 3, 1, 2])
+  if flip_tta:  # One batch of the images and their mirrors; split and averaged below.
+    x = g.op('Concat', [x, g.flip_width(x, 3)], 'flip_tta', axis=0)
+  logits, presence = _unet(g, x, model, variables)
+
+  def one_per_image(tensor: str, shape: list[int], output: str) -> str:
+    """(B, ...) -> `shape`; with flip TTA the mean of the image's and its mirror's values."""
+    if not flip_tta:
+      return g.op('Reshape', [tensor, g.constant('shape', np.array([-1] + shape, np.int64))],
+                  output, output=output)
+    views = g.op('Reshape', [tensor, g.constant('shape', np.array([2, -1] + shape, np.int64))],
+                 'flip_tta')
+    index = lambda i: g.constant('flip_tta/view', np.array(i, np.int64))
+    image, mirror = (g.op('Gather', [views, index(i)], 'flip_tta', axis=0) for i in (0, 1))
+    if shape:
+      mirror = g.flip_width(mirror, 2)
+    return g.op('Mul', [g.op('Add', [image, mirror], 'flip_tta'),
+                        g.constant('flip_tta/half', np.float32(0.5))], output, output=output)
+
+  outputs = [one_per_image(logits, [image_size, image_size], LESION_OUTPUTS[0])]
+  outputs.append(g.op('Sigmoid', [outputs[0]], output=LESION_OUTPUTS[1]))
+  if presence is not None:
+    outputs.append(one_per_image(presence, [], PRESENCE_OUTPUTS[0]))
+    outputs.append(g.op('Sigmoid', [outputs[2]], output=PRESENCE_OUTPUTS[1]))
+  spatial = ['N', image_size, image_size]
+  graph = helper.make_graph(
+      g.nodes, 'busi_unet',
+      [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, spatial + [1])],
+      [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, spatial if i < 2 else ['N'])
+       for i, name in enumerate(outputs)],
+      g.initializers)
+  proto = helper.make_model(graph, opset_imports=[helper.make_opsetid('', OPSET)],
+                            producer_name='busi-unet', ir_version=IR_VERSION)
+  onnx.checker.check_model(proto, full_check=True)
+  return proto
