@@ -253,3 +253,13 @@ def test_fine_tuning_from_a_release_records_its_source(trained, tmp_path):
   summaries = train.train_and_evaluate(_config(**{'train.init_from': folder}), str(tmp_path))
   assert summaries['synthetic']['num_images'] == 4
   assert checkpointing.load_config(str(tmp_path)).train.init_from == folder
+
+
+def test_evaluate_a_release_model_writes_its_report_under_output(trained, tmp_path):
+  _, folder, _ = trained
+  result = _main('--mode=evaluate', f'--model={folder}', f'--output={tmp_path}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((tmp_path / 'eval' / 'synthetic' / 'test' / 'summary.json').read_text())
+  threshold = json.loads(open(os.path.join(folder, 'model.json')).read())['threshold']
+  assert summary['num_images'] == 4 and f'checkpoint: best of {folder}, epoch 1' in (
+      summary['protocol']) and f'threshold {threshold},' in summary['protocol']

@@ -9,8 +9,10 @@ predict use):
                      nested dict of numpy arrays that `unet_flax.model.create_model(
                      config.model)` applies once cast to float32 (as loading here does);
                      orbax, optimizer state and training code are not needed. float16 halves
-                     the CPU config's 31 MB; rounding the weights so changes few mask pixels
-                     (tests/test_release.py; README for the release model's test images).
+                     the CPU config's 31 MB to 16 MB; on 203 scans of BUSI, BUS-BRA and
+                     BUS-UCLM, rounding a CPU-config model's weights so changed 0.001 % of the
+                     mask pixels (mask Dice to float32's: mean 0.9996, lowest 0.96) and no
+                     scan's emptiness.
   config.json        the workdir's config (`checkpointing.load_config` reads it) with the
                      threshold chosen on validation, and the data locations of
                      configs/default.py: the training machine's paths mean nothing elsewhere.
