@@ -129,7 +129,8 @@ def _evaluate():
     other.data = config.data.copy_and_resolve_references()
     other.data.update(own)
   for dataset in summaries:
-    evaluate.evaluate_workdir(FLAGS.compare_to, other, FLAGS.split, dataset, FLAGS.backend)
+    evaluate.evaluate_workdir(FLAGS.compare_to, other, FLAGS.split, dataset,
+                              backend=FLAGS.backend)
     print(compare.write_comparison(
         evaluate.split_dir(evaluate.report_dir(root, config, dataset), FLAGS.split),
         evaluate.split_dir(evaluate.report_dir(FLAGS.compare_to, config, dataset),

@@ -2,9 +2,8 @@
 
 Layout (Ronneberger et al. 2015): per level two (3x3 conv, norm, ReLU); 2x2 max-pool down;
 2x upsampling (transposed conv or resize + conv) up; skip concatenation; 1x1 conv head that
-returns one channel of lesion logits; optionally attention gates on the skips, an image-level
-lesion-present head on the bottleneck, and deep-supervision heads on the coarser decoder blocks
-(training only). Every block's output is `sow`n into the 'intermediates' collection and
+returns one channel of lesion logits; optionally an image-level lesion-present head on the
+bottleneck, and deep-supervision heads on the coarser decoder blocks (training only). Every block's output is `sow`n into the 'intermediates' collection and
 `perturb`s it in the 'perturbations' collection under `<block name>/activation`; both are
 no-ops unless asked for, and they let Grad-CAM read activations and take `jax.grad` with
 respect to them.

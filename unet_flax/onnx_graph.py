@@ -136,14 +136,6 @@ def _upsample(g: _Graph, x: str, model, params, name: str) -> str:
   return g.conv(x, params['Conv_0'], f'{name}/conv')
 
 
-def _attention_gate(g: _Graph, skip: str, gating: str, params, name: str) -> str:
-  """`model.AttentionGate`: the skip times a per-pixel weight in (0, 1)."""
-  joint = g.op('Add', [g.conv(skip, params['skip_proj'], f'{name}/skip_proj'),
-                       g.conv(gating, params['gating_proj'], f'{name}/gating_proj')], name)
-  weight = g.conv(g.op('Relu', [joint], name), params['weight'], f'{name}/weight')
-  return g.op('Mul', [skip, g.op('Sigmoid', [weight], name)], name)
-
-
 def _unet(g: _Graph, x: str, model, variables) -> tuple[str, str | None]:
   """`model.UNet` in inference mode on NCHW `x`: ((B, 1, S, S) logits, gated by the presence
   head if there is one; its (B, 1) logits or None)."""
@@ -158,10 +150,7 @@ def _unet(g: _Graph, x: str, model, variables) -> tuple[str, str | None]:
                                'bottleneck')
   for level in reversed(range(model.depth)):
     x = _upsample(g, x, model, params[f'upsample_{level}'], f'upsample_{level}')
-    skip = skips[level]
-    if model.attention_gates and level >= 1:
-      skip = _attention_gate(g, skip, x, params[f'gate_{level}'], f'gate_{level}')
-    x = g.op('Concat', [x, skip], f'concat_{level}', axis=1)
+    x = g.op('Concat', [x, skips[level]], f'concat_{level}', axis=1)
     name = f'decoder_{level}'
     x = _conv_block(g, x, model, params[name], stats.get(name), name)
   logits = g.conv(x, params['head'], 'head')
