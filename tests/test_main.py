@@ -80,7 +80,7 @@ def test_evaluate_mode_needs_no_config_and_writes_per_image_rows(trained_workdir
     rows = list(csv.DictReader(f))
   assert len(rows) == 16 + 24
   assert set(rows[0]) == {'image_id', 'label', 'dice', 'iou', 'gt_area', 'pred_area', 'hd95',
-                          'assd', 'sensitivity', 'precision'}
+                          'assd', 'sensitivity', 'precision', 'lesion_probability'}
   lesion = [r for r in rows if r['label'] != 'normal']
   for name in ('dice', 'sensitivity'):
     values = np.array([float(r[name]) for r in lesion])

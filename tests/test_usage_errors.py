@@ -34,7 +34,7 @@ def _main(args, tmp_path, workdir):
 CASES = [
     (['--mode=segment'],
      'FATAL flag --mode=segment: value should be one of '
-     '<train|evaluate|predict|gradcam|release|benchmark>'),
+     '<train|evaluate|predict|gradcam|release|export|benchmark>'),
     (['--workdr=x'], "FATAL Unknown command line flag 'workdr'. Did you mean: workdir ?"),
     (['--workdir=x', '--config.train.num_epochs=3'],
      "FATAL Unknown command line flag 'config.train.num_epochs' (--config.* overrides need a "
