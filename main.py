@@ -76,10 +76,6 @@ flags.DEFINE_list('layers', ['decoder_1'], 'gradcam: layers to compare (first on
 flags.DEFINE_integer('max_images', 16, 'gradcam: images to draw.', lower_bound=0)
 
 
-# Where each dataset's download is configured.
-_MANUAL_DIR_FIELD = {'busi': 'manual_dir', 'busbra': 'busbra_dir', 'bus_uclm': 'bus_uclm_dir'}
-
-
 def _model_dir():
   """The workdir or release model folder that evaluate, predict and gradcam read."""
   from unet_flax import release
@@ -105,7 +101,7 @@ def _workdir_config(workdir, report_root=None):
       if dataset == 'folder':
         config.data.folder.dir = FLAGS.manual_dir
       else:
-        config.data[_MANUAL_DIR_FIELD[dataset]] = FLAGS.manual_dir
+        config.data[names.DOWNLOAD_FIELDS[dataset]] = FLAGS.manual_dir
       config.data.tfds_data_dir = (FLAGS.tfds_data_dir or
                                    os.path.join(report_root or workdir, 'eval', 'tfds'))
   return config
@@ -313,8 +309,8 @@ def main(argv):
     message = str(e)
     if FLAGS.mode in ('evaluate', 'gradcam') and not FLAGS.config:
       # There the data folder is given by --manual_dir, not by a config override.
-      message = re.sub(r'--config\.data\.(manual_dir|busbra_dir|bus_uclm_dir|folder\.dir)',
-                       '--manual_dir', message)
+      fields = '|'.join([*names.DOWNLOAD_FIELDS.values(), r'folder\.dir'])
+      message = re.sub(rf'--config\.data\.({fields})', '--manual_dir', message)
     if isinstance(e, config_checks.ConfigError):
       _usage_error(message)
     sys.exit(f'FATAL {message}')

@@ -25,9 +25,6 @@ from data import provenance  # pylint: disable=g-import-not-at-top
 from data import synthetic  # pylint: disable=g-import-not-at-top
 from data.names import SPLITS, sources  # pylint: disable=g-import-not-at-top,unused-import
 
-# The predefined folder datasets and the config field holding each one's download.
-_NAMED_FOLDERS = {'busbra': 'busbra_dir', 'bus_uclm': 'bus_uclm_dir'}
-
 
 def _tfds_data_dir(data_config: ml_collections.ConfigDict) -> str:
   return os.path.expanduser(
@@ -84,9 +81,9 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str, manual_dir: str,
 def _folder_config(data_config: ml_collections.ConfigDict, source: str):
   """(builder config, manual dir) of BUS-BRA, BUS-UCLM or the user's folder dataset."""
   from data import seg_folder  # pylint: disable=g-import-not-at-top
-  if source in _NAMED_FOLDERS:
-    config = {'busbra': seg_folder.BUSBRA, 'bus_uclm': seg_folder.BUS_UCLM}[source]
-    return config, data_config[_NAMED_FOLDERS[source]]
+  named = {config.name: config for config in seg_folder.Builder.BUILDER_CONFIGS}
+  if source in named:
+    return named[source], data_config[names_lib.DOWNLOAD_FIELDS[source]]
   folder = data_config.folder
   if not folder.dir:
     raise FileNotFoundError('data.source names "folder" but no folder is set: '
@@ -116,7 +113,7 @@ def _load_folder(data_config: ml_collections.ConfigDict, source: str,
   manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
   data_dir = _tfds_data_dir(data_config)
   builder = seg_folder.Builder(config=builder_config, data_dir=data_dir)
-  flag = f'config.data.{_NAMED_FOLDERS.get(source, "folder.dir")}'
+  flag = f'config.data.{names_lib.DOWNLOAD_FIELDS.get(source, "folder.dir")}'
   return _prepare(builder, data_dir, manual_dir,
                   lambda folder: seg_folder.check(folder, builder_config),
                   repr(builder_config), flag).as_dataset(split=split, shuffle_files=False)

@@ -10,6 +10,8 @@ SPLITS = ('train', 'validation', 'test')
 # Dataset names that `data.source` accepts ('busi+busbra' trains on both). 'folder' is the
 # user's own folder of images and masks, described by `data.folder`.
 SOURCES = ('busi', 'busbra', 'bus_uclm', 'folder', 'synthetic')
+# The config.data field holding each named dataset's download ('folder' has data.folder.dir).
+DOWNLOAD_FIELDS = {'busi': 'manual_dir', 'busbra': 'busbra_dir', 'bus_uclm': 'bus_uclm_dir'}
 
 # One term of a TFDS split expression: a split name, optionally sliced ('test[:50%]').
 _SPLIT_TERM = re.compile(r'(?P<name>[\w-]+)(?:\[(?P<slice>[^\]]*)\])?')
