@@ -135,9 +135,13 @@ def get_config() -> ml_collections.ConfigDict:
   evaluate.batch_size = 16
   evaluate.threshold = 0.5  # Used for validation during training.
   # After training, the best checkpoint's threshold is chosen on the validation split among
-  # these (highest all-image Dice; ties: closest to `threshold`) and kept with the checkpoint:
-  # the test report, evaluate, predict and Grad-CAM use it. () keeps `threshold`.
-  evaluate.threshold_candidates = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+  # these and kept with the checkpoint: the test report, evaluate, predict and Grad-CAM use
+  # it. () keeps `threshold`. The rule (`metrics.choose_threshold`): image-level sensitivity
+  # (lesion scans given a mask) of at least `min_sensitivity` on every validation dataset, or
+  # the most any candidate reaches there; then the highest all-image Dice (ties: closest to
+  # `threshold`). An empty mask on a lesion scan is the costlier error.
+  evaluate.threshold_candidates = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+  evaluate.min_sensitivity = 0.92
   # Average the logits of each image and its left-right mirror (validation, evaluate and
   # predict alike): twice the inference compute for a steadier mask.
   evaluate.flip_tta = True

@@ -29,3 +29,13 @@ def test_protocol_note_says_whether_the_threshold_was_chosen_on_validation():
       '0.3': 0.79, '0.4': 0.8014}})
   assert 'threshold 0.4 chosen on validation all-image Dice 0.8014 among 0.3: 0.7900' in chosen
   assert 'not chosen' not in chosen
+  floored = evaluate.best_note({**best, 'threshold': 0.3, 'min_sensitivity': 0.92,
+                                'val_all_images_dice_by_threshold': {'0.3': 0.79, '0.4': 0.8014},
+                                'val_operating_points': {
+                                    'busi': {'0.3': {'sensitivity': 0.96}, '0.4': {'sensitivity': 0.9}},
+                                    'busbra': {'0.3': {'sensitivity': 1.0}, '0.4': {'sensitivity': 1.0}},
+                                    'normals': {'0.3': {'sensitivity': float('nan')},
+                                                '0.4': {'sensitivity': float('nan')}}}})
+  assert ('threshold 0.3 chosen on validation (image-level sensitivity up to 0.92 on every '
+          'dataset first, then all-image Dice; lowest sensitivity / all-image Dice: '
+          '0.3: 0.960 / 0.7900, 0.4: 0.900 / 0.8014)') in floored

@@ -65,25 +65,54 @@ def test_summary_per_class_pooled_and_normal_empty_rate():
   assert table.splitlines()[0] == 'PROTOCOL LINE' and 'benign' in table
 
 
-def test_threshold_is_chosen_by_all_image_dice_with_ties_to_the_preferred_one():
+def _threshold_images():
   truth = _box((10, 10), 2, 2, 4, 4)  # 16 px.
   lesion = np.where(truth, 0.95, 0.05)
   lesion[1, 2:6] = 0.55  # A row above the lesion: inside the mask only at thresholds < 0.55.
   normal = np.where(_box((10, 10), 0, 0, 3, 3), 0.75, 0.02)  # A false 9-px lesion.
   normal[9, 9] = 0.85  # A 1-px speck, under min_fraction at every threshold.
-  images = [('benign (1)', 0, lesion, truth), ('normal (1)', 2, normal, np.zeros((10, 10)))]
-  by_threshold = metrics.all_images_dice_by_threshold(images, (0.3, 0.5, 0.6, 0.8, 0.9),
-                                                      min_fraction=0.05)
-  threshold = metrics.best_threshold(by_threshold, preferred=0.5)
+  return [('benign (1)', 0, lesion, truth), ('normal (1)', 2, normal, np.zeros((10, 10)))]
+
+
+CANDIDATES = (0.3, 0.5, 0.6, 0.8, 0.9)
+
+
+def test_threshold_is_chosen_by_all_image_dice_with_ties_to_the_preferred_one():
+  points = metrics.operating_points(_threshold_images(), CANDIDATES, min_fraction=0.05)
   # 0.3 / 0.5: Dice 2*16/36 on the lesion, normal not empty. 0.6: lesion exact, normal not
   # empty. 0.8 / 0.9: both right (all-image Dice 1; the speck is removed); 0.8 is the closer
-  # to 0.5.
-  assert by_threshold == pytest.approx({0.3: 16 / 36, 0.5: 16 / 36, 0.6: 0.5, 0.8: 1.0, 0.9: 1.0})
-  assert threshold == 0.8
+  # to 0.5. The lesion keeps a mask at every candidate.
+  assert {t: p['all_images_dice'] for t, p in points.items()} == pytest.approx(
+      {0.3: 16 / 36, 0.5: 16 / 36, 0.6: 0.5, 0.8: 1.0, 0.9: 1.0})
+  assert all(p['sensitivity'] == 1.0 for p in points.values())
+  assert metrics.choose_threshold({'a': points}, 0.92, preferred=0.5) == 0.8
   # With a minimum region above the false lesion (10 of 100 px), 0.6 already scores 1.
-  threshold = metrics.best_threshold(
-      metrics.all_images_dice_by_threshold(images, (0.3, 0.5, 0.6, 0.8, 0.9), 0.1), 0.5)
-  assert threshold == 0.6
+  points = metrics.operating_points(_threshold_images(), CANDIDATES, 0.1)
+  assert metrics.choose_threshold({'a': points}, 0.92, preferred=0.5) == 0.6
+
+
+def test_threshold_keeps_lesion_scans_masked_before_it_clears_normal_scans():
+  images = _threshold_images()
+  faint = np.where(_box((10, 10), 5, 5, 4, 4), 0.7, 0.01)  # A lesion the gate doubts: 0.7.
+  images += [('malignant (1)', 1, faint, _box((10, 10), 5, 5, 4, 4)),
+             ('normal (2)', 2, images[1][2], images[1][3])]
+  points = metrics.operating_points(images, CANDIDATES, min_fraction=0.05)
+  # At 0.8 / 0.9 the normal scans are empty but the faint lesion is lost (sensitivity 1/2):
+  # the all-image Dice alone prefers 0.8 ((1 + 0 + 1 + 1) / 4 against 0.6's (1 + 1) / 4).
+  assert points[0.8]['sensitivity'] == 0.5 and points[0.6]['sensitivity'] == 1.0
+  assert points[0.8]['all_images_dice'] > points[0.6]['all_images_dice']
+  assert metrics.choose_threshold({'a': points}, 0.0, preferred=0.5) == 0.8
+  # The floor keeps both lesions: the best all-image Dice at sensitivity 1 is 0.6's.
+  assert metrics.choose_threshold({'a': points}, 0.92, preferred=0.5) == 0.6
+  # A second dataset whose best sensitivity is 0.5 (reached up to 0.6) lowers its own floor
+  # only, and a dataset without lesion scans sets none.
+  other = {t: {'all_images_dice': 1.0, 'sensitivity': 0.5 if t <= 0.6 else 0.0}
+           for t in CANDIDATES}
+  normal_only = {t: {'all_images_dice': float(t >= 0.8), 'sensitivity': float('nan')}
+                 for t in CANDIDATES}
+  assert metrics.choose_threshold({'a': points, 'b': other, 'c': normal_only}, 0.92, 0.5) == 0.6
+  other[0.6]['sensitivity'] = 0.0
+  assert metrics.choose_threshold({'a': points, 'b': other}, 0.92, 0.5) == 0.5
 
 
 def test_bootstrap_interval_of_the_mean_matches_its_standard_error():

@@ -169,9 +169,10 @@ def write_config(config: ml_collections.ConfigDict, folder: str) -> None:
 
 # Fields added to configs/default.py without a format change: their defaults keep what a
 # workdir of this format did (where a download lives, folder options off), so a config.json
-# written without them reads with the defaults.
+# written without them reads with the defaults (eval.min_sensitivity acts only where training
+# chooses a threshold, so a trained workdir keeps its own).
 _ADDED_FIELDS = ('data.bus_uclm_dir', 'data.folder.csv_delimiter', 'data.folder.group_pattern',
-                 'data.folder.label_colours', 'data.folder.exclude')
+                 'data.folder.label_colours', 'data.folder.exclude', 'eval.min_sensitivity')
 
 
 # Options measured, not adopted and removed (docs/experiments.md), with the value that meant

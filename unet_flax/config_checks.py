@@ -69,6 +69,7 @@ _RULES = {
     'eval.batch_size': _COUNT,
     'eval.threshold': PROBABILITY,
     'eval.min_lesion_fraction': _FRACTION,
+    'eval.min_sensitivity': _interval(0, 1, True, True),
     'benchmark.steps': _COUNT,
 }
 _CHOICES = {'model.norm': NORMS, 'model.upsample': UPSAMPLES, 'train.optimizer': OPTIMIZERS}

@@ -93,20 +93,19 @@ class Predictor:
     return scores, metrics_lib.summarize(scores), samples
 
   def choose_threshold(self, variables, batches_by_dataset: dict, eval_config):
-    """(threshold, {candidate: all-image Dice}) on the validation batches of each dataset.
-
-    With several datasets a candidate's score is the mean of their all-image Dice, the same
-    combination that chose the checkpoint (`train.validate`).
-    """
-    by_dataset = []
+    """(threshold, {dataset: {candidate: {'all_images_dice', 'sensitivity'}}}) on the
+    validation batches of each dataset, by `metrics.choose_threshold` (sensitivity up to
+    `eval_config.min_sensitivity` on every dataset, then the mean all-image Dice, the
+    combination that chose the checkpoint in `train.validate`)."""
+    points = {}
     for name, batches in batches_by_dataset.items():
       images = [(image_id, label, probability, truth)
                 for image_id, label, probability, truth, _, _
                 in self.probability_maps(variables, batches, f'choosing the threshold, {name}')]
-      by_dataset.append(metrics_lib.all_images_dice_by_threshold(
-          images, eval_config.threshold_candidates, eval_config.min_lesion_fraction))
-    mean = {t: float(np.mean([d[t] for d in by_dataset])) for t in by_dataset[0]}
-    return metrics_lib.best_threshold(mean, eval_config.threshold), mean
+      points[name] = metrics_lib.operating_points(images, eval_config.threshold_candidates,
+                                                  eval_config.min_lesion_fraction)
+    return metrics_lib.choose_threshold(points, eval_config.min_sensitivity,
+                                        eval_config.threshold), points
 
 
 _DESCRIPTIONS = {'busi': 'BUSI (duplicate-group-aware split)',
@@ -132,13 +131,20 @@ def best_note(best: dict) -> str:
   """How the evaluated checkpoint (and its threshold) was chosen, for the protocol sentence."""
   note = (f"epoch {best['epoch']}, chosen on validation all-image Dice "
           f"{best['val_all_images_dice']:.4f} (lesion Dice; a normal scan 1 if empty, else 0)")
-  if 'threshold' in best:
-    by_threshold = best['val_all_images_dice_by_threshold']
-    note += (f"; threshold {best['threshold']} chosen on validation all-image Dice "
-             f"{by_threshold[str(best['threshold'])]:.4f} among " +
+  if 'threshold' not in best:  # No candidates configured, or the run stopped before it.
+    return note + '; threshold: the config\'s eval.threshold, not chosen on validation'
+  by_threshold = best['val_all_images_dice_by_threshold']
+  note += f"; threshold {best['threshold']} chosen on validation"
+  if 'val_operating_points' in best:
+    lowest = {t: min((p[t]['sensitivity'] for p in best['val_operating_points'].values()
+                      if not np.isnan(p[t]['sensitivity'])), default=float('nan'))
+              for t in by_threshold}
+    note += (f" (image-level sensitivity up to {best['min_sensitivity']:g} on every dataset "
+             'first, then all-image Dice; lowest sensitivity / all-image Dice: ' +
+             ', '.join(f'{t}: {lowest[t]:.3f} / {d:.4f}' for t, d in by_threshold.items()) + ')')
+  else:  # Chosen by the all-image Dice alone, before the sensitivity floor.
+    note += (f" all-image Dice {by_threshold[str(best['threshold'])]:.4f} among " +
              ', '.join(f'{t}: {d:.4f}' for t, d in by_threshold.items()))
-  else:  # No candidates configured, or the run stopped before its threshold choice.
-    note += '; threshold: the config\'s eval.threshold, not chosen on validation'
   return note
 
 

@@ -204,28 +204,50 @@ def summarize(scores: list[ImageScore]) -> dict:
   return summary
 
 
-def all_images_dice_by_threshold(images, candidates, min_fraction: float) -> dict:
-  """{threshold: all-image Dice over `images`} for each candidate probability threshold.
+def operating_points(images, candidates, min_fraction: float) -> dict:
+  """{threshold: {'all_images_dice', 'sensitivity'}} over `images` for each candidate
+  probability threshold; sensitivity (lesion scans given a mask) is NaN without lesion scans.
 
   `images` holds (image_id, label, probability map, truth) at the original size. Meant for
   the validation split: the gate's product P(pixel | lesion) x P(lesion) puts a false lesion on
   a normal scan at about the presence probability, so a threshold above it clears the scan, at
-  the price of shrinking the lesion masks. Masks are made as everywhere else
+  the price of shrinking, or emptying, the lesion masks. Masks are made as everywhere else
   (`imaging.lesion_mask`, specks below `min_fraction` of the image removed).
   """
-  dice_by_threshold = {}
+  points = {}
   for threshold in candidates:
     scores = [score_image(image_id, label,
                           imaging.lesion_mask(probability, threshold, min_fraction), truth,
                           distances=False)
               for image_id, label, probability, truth in images]
-    dice_by_threshold[float(threshold)] = all_images_dice(scores)
-  return dice_by_threshold
+    lesion = [s.pred_area > 0 for s in scores if s.label != NORMAL]
+    points[float(threshold)] = {'all_images_dice': all_images_dice(scores),
+                                'sensitivity': float(np.mean(lesion)) if lesion else float('nan')}
+  return points
 
 
-def best_threshold(dice_by_threshold: dict, preferred: float) -> float:
-  """The candidate with the highest score; ties go to the one closest to `preferred`."""
-  return max(dice_by_threshold, key=lambda t: (dice_by_threshold[t], -abs(t - preferred)))
+def choose_threshold(points_by_dataset: dict, min_sensitivity: float, preferred: float) -> float:
+  """The operating point: sensitivity first, up to a floor, then the mean all-image Dice.
+
+  `points_by_dataset` maps each dataset to its `operating_points`. A candidate is admissible
+  when every dataset with lesion scans reaches `min_sensitivity` at it, or, where no candidate
+  reaches that floor, the highest sensitivity any candidate reaches there: an empty mask on a
+  lesion scan is the costlier error, and the all-image Dice alone buys empty normal scans with
+  emptied lesion scans. Among the admissible, the highest mean all-image Dice wins; ties go to
+  the candidate closest to `preferred`. Sensitivity only falls as the threshold rises, so
+  the smallest candidate is always admissible.
+  """
+  candidates = list(next(iter(points_by_dataset.values())))
+  admissible = set(candidates)
+  for points in points_by_dataset.values():
+    sensitivity = {t: points[t]['sensitivity'] for t in candidates}
+    if all(np.isnan(v) for v in sensitivity.values()):
+      continue
+    floor = min(min_sensitivity, max(v for v in sensitivity.values() if not np.isnan(v)))
+    admissible &= {t for t, v in sensitivity.items() if v >= floor}
+  mean_dice = {t: np.mean([p[t]['all_images_dice'] for p in points_by_dataset.values()])
+               for t in admissible}
+  return max(mean_dice, key=lambda t: (mean_dice[t], -abs(t - preferred)))
 
 
 def write_per_image_csv(scores: list[ImageScore], path: str) -> None:

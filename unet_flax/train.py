@@ -383,10 +383,14 @@ def _best_with_threshold(predictor, checkpoints, state: TrainState, validation_b
   variables, best = checkpoints.restore_best(
       jax.eval_shape(lambda: inference_variables(state)))
   if eval_config.threshold_candidates:
-    threshold, by_threshold = predictor.choose_threshold(variables, validation_batches,
-                                                         eval_config)
-    best = {**best, 'threshold': threshold,
-            'val_all_images_dice_by_threshold': {str(t): d for t, d in by_threshold.items()}}
+    threshold, points = predictor.choose_threshold(variables, validation_batches, eval_config)
+    candidates = next(iter(points.values()))
+    best = {**best, 'threshold': threshold, 'min_sensitivity': eval_config.min_sensitivity,
+            'val_all_images_dice_by_threshold': {
+                str(t): float(np.mean([p[t]['all_images_dice'] for p in points.values()]))
+                for t in candidates},
+            'val_operating_points': {name: {str(t): v for t, v in p.items()}
+                                     for name, p in points.items()}}
     checkpoints.save_best(best['step'], variables, best)
   return variables, best
 
