@@ -68,6 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
   # '' = in proportion to their sizes. An epoch has as many batches as the datasets have
   # examples together.
   data.mix_weights = ''
+  # Within each training dataset that has normal scans, the share of its draws that are
+  # normal scans (its lesion scans take the rest of its weight); 0 = as the data come.
+  data.normal_share = 0.0
   data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets).
   data.image_size = 256
   data.include_normal_in_train = True  # Normal scans teach the net to predict "no lesion".

@@ -285,15 +285,42 @@ class MixedTrainInput:
                      for name, train in self._inputs.items())
 
 
+def _by_label(raw: tf.data.Dataset) -> dict[str, tf.data.Dataset]:
+  """{'lesion': its lesion scans, 'normal': its normal scans}."""
+  return {'lesion': raw.filter(lambda ex: ex['label'] != classes.NORMAL),
+          'normal': raw.filter(lambda ex: ex['label'] == classes.NORMAL)}
+
+
 def train_input(raw_splits: Mapping[str, tf.data.Dataset],
                 data_config: ml_collections.ConfigDict, *, batch_size: int,
                 seed: int) -> TrainInput | MixedTrainInput:
-  """The training batches of one dataset, or of several mixed at `data.mix_weights`."""
+  """The training batches of one dataset, or of several mixed at `data.mix_weights`.
+
+  With `data.normal_share`, each dataset that has normal scans is drawn as two streams, its
+  lesion and its normal scans, the normal ones at that share of the dataset's weight: where
+  one dataset is mostly normal scans and another has none, the look of a scanner would
+  otherwise predict "no lesion".
+  """
   parts = {name: TrainInput(raw, data_config, batch_size=batch_size, seed=seed + i)
            for i, (name, raw) in enumerate(raw_splits.items())}
-  if len(parts) == 1:
+  share = data_config.normal_share
+  if len(parts) == 1 and not share:
     return next(iter(parts.values()))
   weights = mix_weights(data_config, {name: part.num_examples for name, part in parts.items()})
+  if share:
+    split_parts, split_weights = {}, {}
+    for i, (name, raw) in enumerate(raw_splits.items()):
+      by_label = {label: TrainInput(ds, data_config, batch_size=batch_size,
+                                    seed=seed + len(parts) + 2 * i + j)
+                  for j, (label, ds) in enumerate(_by_label(raw).items())}
+      if not by_label['normal'].num_examples:
+        split_parts[name], split_weights[name] = parts[name], weights[name]
+        continue
+      for label, part in by_label.items():
+        split_parts[f'{name} {label}'] = part
+        split_weights[f'{name} {label}'] = weights[name] * (share if label == 'normal'
+                                                            else 1 - share)
+    parts, weights = split_parts, split_weights
   return MixedTrainInput(parts, weights, batch_size=batch_size, seed=seed)
 
 

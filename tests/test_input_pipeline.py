@@ -273,6 +273,24 @@ def test_a_repeated_dataset_is_augmented_anew_on_each_pass():
   assert len(images) == 48
 
 
+def test_normal_share_draws_each_datasets_normal_scans_at_that_share_of_its_weight():
+  config = _config(enabled=False)
+  config.mix_weights, config.normal_share = 'mostly_normal=1,lesions_only=1', 0.25
+  # 'mostly_normal': 30 normal scans (dark) and 10 lesion scans (bright); 'lesions_only': 8
+  # lesion scans. As the data come, 3 of every 4 of the first dataset's draws are normal.
+  raw = {'mostly_normal': _raw(_dark_examples(30) + _bright_lesion_examples(10)),
+         'lesions_only': _raw(_bright_lesion_examples(8, seed=1))}
+  mixed = input_pipeline.train_input(raw, config, batch_size=8, seed=0)
+  assert mixed.weights == {'mostly_normal lesion': 0.375, 'mostly_normal normal': 0.125,
+                           'lesions_only': 0.5}
+  assert (mixed.num_examples, mixed.steps_per_epoch) == (48, 6)
+  normal = [image.max() < 0.5 for e in range(6) for b in _epoch(mixed, e) for image in b['image']]
+  assert 0.05 < np.mean(normal) < 0.2  # 0.125 expected; 0.375 as the data come.
+  config.normal_share = 0.0
+  plain = input_pipeline.train_input(raw, config, batch_size=8, seed=0)
+  assert plain.weights == {'mostly_normal': 0.5, 'lesions_only': 0.5}
+
+
 def test_mix_weights_default_to_dataset_sizes_and_must_name_every_dataset():
   config = _config()
   assert input_pipeline.mix_weights(config, {'busi': 30, 'busbra': 90}) == {

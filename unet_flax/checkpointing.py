@@ -172,7 +172,8 @@ def write_config(config: ml_collections.ConfigDict, folder: str) -> None:
 # written without them reads with the defaults (eval.min_sensitivity acts only where training
 # chooses a threshold, so a trained workdir keeps its own).
 _ADDED_FIELDS = ('data.bus_uclm_dir', 'data.folder.csv_delimiter', 'data.folder.group_pattern',
-                 'data.folder.label_colours', 'data.folder.exclude', 'eval.min_sensitivity')
+                 'data.folder.label_colours', 'data.folder.exclude', 'eval.min_sensitivity',
+                 'data.normal_share')
 
 
 # Options measured, not adopted and removed (docs/experiments.md), with the value that meant
