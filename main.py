@@ -65,8 +65,9 @@ flags.DEFINE_boolean('cams', True, 'predict: Seg-Grad-CAM maps (X_cam.npy); fals
                      'they show the CAM).')
 flags.DEFINE_boolean('overlays', True, 'predict: overlay figures (X_overlay.png), the slowest '
                      'output to draw.')
-flags.DEFINE_float('threshold', None, 'predict: lesion probability threshold, 0 < t < 1, '
-                   'instead of the one chosen on validation with the model (lower marks more).')
+flags.DEFINE_float('threshold', None, 'predict, evaluate: lesion probability threshold, '
+                   '0 < t < 1, instead of the one chosen on validation with the model (lower '
+                   'marks more).')
 flags.DEFINE_boolean('probabilities', False, 'predict: also write X_probability.png, the '
                      'lesion probability of each pixel at the original size as a 16-bit '
                      'grayscale PNG: probability = value / 65535.')
@@ -114,7 +115,7 @@ def _evaluate():
   root = _report_root(model_dir)
   config = _workdir_config(model_dir, root)
   summaries = evaluate.evaluate_workdir(model_dir, config, FLAGS.split, FLAGS.dataset, root,
-                                        FLAGS.backend)
+                                        FLAGS.backend, FLAGS.threshold)
   if not FLAGS.compare_to:
     return
   # The other model reads the very same data (folders, builds, folder dataset's naming), at

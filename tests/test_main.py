@@ -95,6 +95,21 @@ def test_evaluate_mode_needs_no_config_and_writes_per_image_rows(trained_workdir
   assert np.all(hd95[predicted] >= 0)
 
 
+def test_evaluate_at_a_threshold_of_ones_own_says_so_and_marks_more(trained_workdir):
+  def evaluated_area(*flags):
+    result = _main('--mode=evaluate', f'--workdir={trained_workdir}', '--split=validation',
+                   *flags)
+    with open(os.path.join(trained_workdir, 'eval/synthetic/validation/per_image.csv')) as f:
+      return result.stdout, sum(int(row['pred_area']) for row in csv.DictReader(f))
+
+  low_out, low_area = evaluated_area('--threshold=0.05')
+  own_out, own_area = evaluated_area()
+  assert 'evaluated at threshold 0.05, given on the command line' in low_out
+  assert 'threshold 0.05, regions under' in low_out  # The threshold the masks were made at.
+  assert 'given on the command line' not in own_out
+  assert low_area >= own_area  # This tiny model's probabilities are near 0 or 1.
+
+
 def test_rerun_of_a_finished_run_resumes_instead_of_retraining(trained_workdir):
   with open(os.path.join(trained_workdir, 'metrics.jsonl')) as f:
     before = f.read()

@@ -190,14 +190,19 @@ def evaluate_and_report(predictor, variables, config, source: str, raw_split, sp
 
 
 def evaluate_workdir(workdir: str, config, split: str, dataset: str | None = None,
-                     report_root: str | None = None, backend: str = 'jax') -> dict:
+                     report_root: str | None = None, backend: str = 'jax',
+                     threshold: float | None = None) -> dict:
   """--mode=evaluate: the workdir's best checkpoint, or a release model folder
   (`release.load_model`), on a split expression of `dataset` (any name `data.source`
   accepts), or of each dataset it was trained on, its network run by `backend`
-  (`onnx_backend.BACKENDS`); reports go under `report_root` (default: the workdir).
-  {dataset: summary}."""
+  (`onnx_backend.BACKENDS`), at `threshold` if given, else the model's; reports go under
+  `report_root` (default: the workdir). {dataset: summary}."""
   from data import input_pipeline  # data/ owns TensorFlow.
   config, model, variables, best = release.load_model(workdir, config)
+  note = f'best of {workdir}, {best_note(best)}'
+  if threshold is not None:
+    config.eval.threshold = threshold
+    note += f'; evaluated at threshold {threshold:g}, given on the command line'
   predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size,
                         config.eval.flip_tta,
                         onnx_backend.network(backend, model, variables, config))
@@ -205,5 +210,5 @@ def evaluate_workdir(workdir: str, config, split: str, dataset: str | None = Non
       source: evaluate_and_report(
           predictor, variables, config, source,
           input_pipeline.load_split(config.data, split, source=source), split,
-          report_root or workdir, checkpoint_note=f'best of {workdir}, {best_note(best)}')
+          report_root or workdir, checkpoint_note=note)
       for source in ([dataset] if dataset else input_pipeline.sources(config.data))}
