@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data import classes
+from data import scan_files
 from data.busi import duplicates
 from . import folder_files
 
@@ -136,7 +137,7 @@ def assign_splits(records: Sequence[folder_files.Record],
   and in any listing order.
 
   Raises:
-    FolderFormatError: if a split would be empty (user splits, or fewer than 3 groups).
+    scan_files.FormatError: if a split would be empty (user splits, or fewer than 3 groups).
   """
   if config.split_column:
     splits = {r.image_id: r.split for r in records}
@@ -150,7 +151,7 @@ def assign_splits(records: Sequence[folder_files.Record],
     groups = len({r.group for r in records})
     reason = (f'the column {config.split_column!r} names no image for it' if config.split_column
               else f'{groups} group(s) cannot fill train, validation and test')
-    raise folder_files.FolderFormatError(
+    raise scan_files.FormatError(
         f'Split(s) {", ".join(empty)} of {config.name!r} would be empty: {reason}. '
         'Training needs all three.')
   return splits
