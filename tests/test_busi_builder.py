@@ -282,7 +282,7 @@ def test_splits_keep_groups_whole_and_hit_fractions():
 def test_larger_normal_validation_leaves_test_unchanged(monkeypatch):
   labels, groups = _synthetic_groups()
   splits = duplicates.assign_splits(labels, groups)
-  monkeypatch.setattr(duplicates, 'CLASS_SPLITS', {})
+  monkeypatch.setattr(duplicates, 'CLASS_SPLIT_FRACTIONS', {})
   uniform = duplicates.assign_splits(labels, groups)
   assert {i for i in splits if splits[i] == 'test'} == {i for i in uniform if uniform[i] == 'test'}
   moved = {i for i in splits if splits[i] != uniform[i]}

@@ -28,9 +28,8 @@ from typing import Union
 import numpy as np
 
 from data import classes
+from data import names
 from data import scan_files
-
-SPLITS = ('train', 'validation', 'test')
 
 PathLike = Union[str, os.PathLike]
 
@@ -215,9 +214,9 @@ def _annotate(path: pathlib.Path, line: int, row: dict, config):
       problems.append((str(path), f'empty group {where} {config.group_column!r})'))
   if config.split_column:
     split = row[config.split_column].lower()
-    if split not in SPLITS:
+    if split not in names.SPLITS:
       problems.append((str(path), f'bad split {row[config.split_column]!r} {where} '
-                       f'{config.split_column!r}); accepted: {", ".join(SPLITS)}'))
+                       f'{config.split_column!r}); accepted: {", ".join(names.SPLITS)}'))
   return label, group, split, problems
 
 
