@@ -239,13 +239,10 @@ class _ProjectInfoOnly(std_logging.Filter):
 def _user_errors() -> tuple[type[Exception], ...]:
   """What a user's data, workdir or download gets wrong (not bugs): these end the run with a
   message, not a traceback."""
-  from data import provenance
-  from data.busi import dataset_files
-  from data.seg_folder import FolderFormatError
+  from data import provenance, scan_files
   from unet_flax import checkpointing, onnx_graph, release
   return (FileNotFoundError, config_checks.ConfigError, provenance.StaleBuildError,
-          FolderFormatError,
-          dataset_files.BusiFormatError, checkpointing.UnreadableCheckpointError,
+          scan_files.FormatError, checkpointing.UnreadableCheckpointError,
           checkpointing.WorkdirMismatchError, release.ChecksumError,
           release.ModelMismatchError, onnx_graph.MissingDependencyError)
 

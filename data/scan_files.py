@@ -1,13 +1,17 @@
-"""Reading any scan a user may have into the 8-bit grayscale the network is trained on.
+"""Reading any scan a user may have into the 8-bit grayscale the network is trained on, and
+any lesion mask into the lesion it marks.
 
 Users bring PNG, JPEG, BMP or TIFF exports from scanners, screenshots, 16-bit files, palette
 images and DICOM files straight from the scanner (one frame or a cine loop of many); all of
-them become 8-bit grayscale, or fail with a message that names the file and the reason. The
-dataset builders and `predict` read through here, so training and prediction see the same
-pixels.
+them become 8-bit grayscale, or fail with a message that names the file and the reason. Masks
+come as 1-bit, 8-bit, 16-bit, palette, colour or alpha files, several per lesion, or saved
+lossily; all of them become one boolean lesion map of the scan's size. Both dataset builders
+and `predict` read scans and masks through here, so training, evaluation and prediction see
+the same pixels and the same lesions.
 """
 from collections import abc
 import os
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -20,10 +24,30 @@ SCAN_EXTENSIONS = IMAGE_EXTENSIONS + DICOM_EXTENSIONS
 
 # Modes whose pixels are 16-bit integers; PIL opens 16-bit grayscale PNGs as one of these.
 _SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
+# What PIL and its decoders raise for a missing, truncated or corrupt file.
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# BUSI names the masks of `X.png` `X_mask.png`, `X_mask_1.png`, ...; its builder and predict
+# (on a folder in that layout) find them by this ending of the stem.
+MASK_STEM_SUFFIX = r'_mask(?:_(?P<index>\d+))?'
+# Non-binary masks are thresholded at half the range; more than this fraction of pixels in the
+# middle half of the range means the file is a picture, not a mask saved lossily.
+_MAX_MIDTONE_FRACTION = 0.01
 
 
 class ImageReadError(ValueError):
   """A file that is not a usable image; the message says which file and why."""
+
+
+class FormatError(ValueError):
+  """A dataset's files or its config are wrong: the builders collect everything wrong first,
+  so a user fixes a broken copy in one go instead of one file per build attempt.
+
+  `problems` holds (path, what is wrong) for every bad file, and the message lists them all.
+  """
+
+  def __init__(self, summary: str, problems: Iterable[tuple[str, str]] = ()):
+    self.problems = sorted(set(problems))
+    super().__init__('\n'.join([summary] + [f'  {path}: {what}' for path, what in self.problems]))
 
 
 def _to_grayscale(image: Image.Image) -> np.ndarray:
@@ -43,8 +67,18 @@ def _to_grayscale(image: Image.Image) -> np.ndarray:
   return np.asarray(image, dtype=np.uint8)
 
 
-def _is_dicom(path: str) -> bool:
-  return os.path.splitext(path)[1].lower() in DICOM_EXTENSIONS
+def _is_dicom(path) -> bool:
+  return os.path.splitext(str(path))[1].lower() in DICOM_EXTENSIONS
+
+
+def open_image(path) -> Image.Image:
+  """The decoded image of a PIL-readable file, turned as its EXIF says (phone photos of a
+  screen carry their rotation there; viewers apply it). `path` is a file name or anything with
+  `open('rb')`, such as a `zipfile.Path`. Raises what PIL raises (`_UNREADABLE`)."""
+  with path.open('rb') if hasattr(path, 'open') else open(path, 'rb') as f:
+    with Image.open(f) as image:
+      image.load()  # Decode now, so truncated files fail here.
+      return ImageOps.exif_transpose(image)
 
 
 def _window(dataset) -> tuple[float, float]:
@@ -106,18 +140,128 @@ def read_frames(path: str) -> list[np.ndarray]:
     raise ImageReadError(f'Cannot read DICOM {path!r}: {type(e).__name__}: {e}') from e
 
 
-def read_grayscale(path: str) -> np.ndarray:
+def read_grayscale(path) -> np.ndarray:
   """Any scan of one frame (PNG, JPEG, BMP, TIFF, DICOM, ...) as uint8 (H, W); raises
   ImageReadError."""
   if _is_dicom(path):
-    frames = read_frames(path)
+    frames = read_frames(str(path))
     if len(frames) != 1:
-      raise ImageReadError(f'{path!r} has {len(frames)} frames where one scan is expected.')
+      raise ImageReadError(f'{str(path)!r} has {len(frames)} frames where one scan is expected.')
     return frames[0]
   try:
-    with Image.open(path) as image:
-      image.load()  # Decode now, so truncated files fail here.
-      # Phone photos of a screen carry their rotation in EXIF; apply it like viewers do.
-      return _to_grayscale(ImageOps.exif_transpose(image))
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise ImageReadError(f'Cannot read image {path!r}: {type(e).__name__}: {e}') from e
+    return _to_grayscale(open_image(path))
+  except _UNREADABLE as e:
+    raise ImageReadError(f'Cannot read image {str(path)!r}: {type(e).__name__}: {e}') from e
+
+
+def _unreadable(path, error: Exception) -> FormatError:
+  cause = error.__cause__ or error
+  return FormatError('', [(str(path), f'unreadable or corrupt image '
+                                      f'({type(cause).__name__}: {cause})')])
+
+
+def read_scan(path) -> np.ndarray:
+  """`read_grayscale` for a dataset's files: raises FormatError naming the file."""
+  try:
+    return read_grayscale(path)
+  except ImageReadError as e:
+    raise _unreadable(path, e) from e
+
+
+def _mask_values(path) -> np.ndarray:
+  """The (H, W) channel of a mask file that marks the lesion: the maximum over the gray or
+  colour channels; with an alpha channel that varies, alpha alone (the lesion painted on a
+  transparent layer). A DICOM mask is read as any scan."""
+  if _is_dicom(path):
+    return read_scan(path)
+  try:
+    mask = open_image(path)
+  except _UNREADABLE as e:
+    raise _unreadable(path, e) from e
+  if mask.mode == 'F':
+    raise FormatError('', [(str(path), 'floating-point mask; save it as 8-bit or 1-bit')])
+  if mask.mode not in ('1', 'L', 'LA', 'RGB', 'RGBA') and not mask.mode.startswith('I'):
+    mask = mask.convert('RGBA')  # Palette, CMYK, ...
+  values = np.asarray(mask)
+  if mask.mode in ('LA', 'RGBA'):
+    alpha = values[..., -1]
+    values = alpha if alpha.min() != alpha.max() else values[..., :-1]
+  return values.max(axis=-1) if values.ndim == 3 else values
+
+
+def read_mask(path) -> np.ndarray:
+  """(H, W) bool, True on the lesion `_mask_values` marks; raises FormatError naming the file.
+
+  A binary mask's lesion is its non-zero pixels. Masks with more than two values (saved as
+  JPEG) are thresholded at half the range, unless too many mid-range pixels show it is a
+  picture.
+  """
+  values = _mask_values(path)
+  full = 1 if values.dtype == bool else 255 if values.dtype == np.uint8 else 65535
+  if values.size and (values.min() < 0 or values.max() > full):
+    raise FormatError('', [(str(path), f'mask values outside [0, {full}]')])
+  distinct = np.unique(values)
+  if len(distinct) == 1 or (len(distinct) == 2 and distinct[0] == 0):
+    return values > 0
+  midtones = np.count_nonzero((values > full * 0.25) & (values < full * 0.75))
+  if midtones > _MAX_MIDTONE_FRACTION * values.size:
+    raise FormatError('', [(str(path), f'not a binary mask ({len(distinct)} distinct '
+                                       'values; is this an image?)')])
+  return values > full // 2
+
+
+def _union(paths: Sequence, shape: Optional[tuple[int, int]], image_name: str, hint: str):
+  """(OR of the masks, problems) for `read_masks`; with `shape` None (the image could not be
+  read) the masks are read for their own problems only, and the union is None."""
+  union = None if shape is None else np.zeros(shape, bool)
+  problems = []
+  for path in paths:
+    try:
+      mask = read_mask(path)
+    except FormatError as e:
+      problems += e.problems
+      continue
+    if shape is None:
+      continue
+    if mask.shape != shape:
+      (h, w), (mh, mw) = shape, mask.shape
+      problems.append((str(path), f'mask is {mw}x{mh} (WxH) but its image {image_name} is '
+                       f'{w}x{h}{hint}'))
+    else:
+      union |= mask
+  return union, problems
+
+
+def read_masks(paths: Sequence, shape: tuple[int, int], image_name: str,
+               hint: str = '') -> np.ndarray:
+  """(H, W) bool: the union of the mask files of one scan of (H, W) `shape`.
+
+  Raises:
+    FormatError: listing every unreadable mask and every mask of another size than the scan
+      (naming the mask, the scan `image_name` and both sizes, then `hint`).
+  """
+  union, problems = _union(paths, shape, image_name, hint)
+  if problems:
+    raise FormatError(f'Unusable mask(s) of {image_name}:', problems)
+  return union
+
+
+def read_example(image, masks: Sequence, image_id: str,
+                 hint: str = '') -> tuple[np.ndarray, np.ndarray]:
+  """A dataset example: the (H, W, 1) uint8 scan and the (H, W, 1) uint8 {0, 1} union of its
+  mask files, as the builders store them.
+
+  Raises:
+    FormatError: listing every unreadable file of the example and every mask whose size
+      differs from the scan's (see `read_masks`).
+  """
+  problems = []
+  try:
+    scan = read_scan(image)
+  except FormatError as e:
+    scan, problems = None, e.problems
+  union, mask_problems = _union(masks, None if scan is None else scan.shape,
+                                os.path.basename(str(image)), hint)
+  if problems or mask_problems:
+    raise FormatError(f'Cannot decode {image_id}:', problems + mask_problems)
+  return scan[..., None], union[..., None].astype(np.uint8)

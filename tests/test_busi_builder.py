@@ -14,6 +14,7 @@ from PIL import Image
 
 import busi_fixtures
 import data.busi  # Registers `busi`.
+from data import scan_files
 from data.busi import dataset_files
 from data.busi import duplicates
 
@@ -73,12 +74,30 @@ def test_mask_modes_decode_to_zero_one(tmp_path, mode):
 
 def test_rgba_mask_painted_in_alpha(tmp_path):
   lesion = busi_fixtures.ellipse_mask(SHAPE, (20, 28), (6, 9))
+  dataset = busi_fixtures.write_kaggle_tree(tmp_path, [
+      busi_fixtures.Entry('benign (1)', busi_fixtures.smooth_image(1), [lesion])])
   # White everywhere, the lesion opaque on a transparent layer: only alpha tells them apart.
   rgba = np.full(SHAPE + (4,), 255, np.uint8)
   rgba[..., 3] = lesion * 255
-  path = tmp_path / 'mask.png'
-  Image.fromarray(rgba, 'RGBA').save(path)
-  np.testing.assert_array_equal(dataset_files.read_mask(path), lesion)
+  Image.fromarray(rgba, 'RGBA').save(dataset / 'benign' / 'benign (1)_mask.png')
+  _, _, mask = _read(dataset)['benign (1)']
+  np.testing.assert_array_equal(mask[..., 0], lesion.astype(np.uint8))
+
+
+def test_rgba_scan_with_a_smaller_mask_names_the_mask_and_both_sizes(tmp_path):
+  gray = busi_fixtures.smooth_image(1)
+  lesion = busi_fixtures.ellipse_mask(SHAPE, (20, 28), (6, 9))
+  dataset = busi_fixtures.write_kaggle_tree(tmp_path, [
+      busi_fixtures.Entry('benign (1)', gray, [lesion, lesion])])
+  rgba = np.stack([gray] * 3 + [np.full(SHAPE, 128, np.uint8)], -1)
+  Image.fromarray(rgba, 'RGBA').save(dataset / 'benign' / 'benign (1).png')
+  np.testing.assert_array_equal(_read(dataset)['benign (1)'][1][..., 0], gray)  # Alpha dropped.
+  small = dataset / 'benign' / 'benign (1)_mask_1.png'
+  busi_fixtures.encode_mask(lesion[:30, :50], 'L255').save(small)
+  with pytest.raises(scan_files.FormatError) as error:
+    _read(dataset)
+  assert error.value.problems == [
+      (str(small), 'mask is 50x30 (WxH) but its image benign (1).png is 56x40')]
 
 
 def test_multiple_masks_are_ored(tmp_path):
@@ -128,7 +147,7 @@ def test_extracted_folder_wins_over_zip(tmp_path):
 def test_several_copies_is_an_error(tmp_path):
   first = busi_fixtures.write_kaggle_tree(tmp_path / 'a')
   second = busi_fixtures.write_kaggle_tree(tmp_path / 'b')
-  with pytest.raises(dataset_files.BusiFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     dataset_files.locate(tmp_path)
   assert str(first) in str(error.value) and str(second) in str(error.value)
 
@@ -136,7 +155,7 @@ def test_several_copies_is_an_error(tmp_path):
 def test_manual_dir_without_dataset_explains_the_download(tmp_path):
   (tmp_path / 'notes.txt').write_text('nothing here')
   (tmp_path / 'other.zip').write_bytes(b'not a zip')
-  with pytest.raises(dataset_files.BusiFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     dataset_files.locate(tmp_path)
   message = str(error.value)
   assert str(tmp_path) in message and 'other.zip' in message
@@ -157,7 +176,7 @@ def test_every_bad_file_is_reported_at_once(tmp_path):
   data_ = (malignant / 'malignant (2)_mask.png').read_bytes()
   (malignant / 'malignant (2)_mask.png').write_bytes(data_[:len(data_) // 2])  # Truncated.
   (dataset / 'normal' / 'normal 4.png').write_bytes(b'')  # Not a BUSI name.
-  with pytest.raises(dataset_files.BusiFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     _read(dataset)
   bad = [benign / 'benign (1).png', malignant / 'malignant (1)_mask.png',
          benign / 'benign (2)_mask_1.png', benign / 'benign (3).png',
@@ -175,7 +194,7 @@ def test_missing_class_folder_and_misplaced_file(tmp_path):
   dataset = busi_fixtures.write_kaggle_tree(tmp_path)
   shutil.rmtree(dataset / 'normal')
   (dataset / 'benign' / 'benign (1).png').rename(dataset / 'benign' / 'malignant (9).png')
-  with pytest.raises(dataset_files.BusiFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     dataset_files.scan(dataset)
   message = str(error.value)
   assert f'{dataset / "normal"}: missing class folder' in message
@@ -187,7 +206,7 @@ def test_tfds_build_reports_bad_files(tmp_path):
   dataset = busi_fixtures.write_kaggle_tree(tmp_path / 'manual')
   (dataset / 'benign' / 'benign (1)_mask.png').unlink()
   (dataset / 'normal' / 'normal (2).png').unlink()
-  with pytest.raises(dataset_files.BusiFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     _tfds_build(tmp_path / 'manual', tmp_path / 'data')
   assert str(dataset / 'benign' / 'benign (1).png') in str(error.value)
   assert str(dataset / 'normal' / 'normal (2)_mask.png') in str(error.value)
@@ -263,7 +282,7 @@ def test_splits_keep_groups_whole_and_hit_fractions():
 def test_larger_normal_validation_leaves_test_unchanged(monkeypatch):
   labels, groups = _synthetic_groups()
   splits = duplicates.assign_splits(labels, groups)
-  monkeypatch.setattr(duplicates, 'CLASS_SPLITS', {})
+  monkeypatch.setattr(duplicates, 'CLASS_SPLIT_FRACTIONS', {})
   uniform = duplicates.assign_splits(labels, groups)
   assert {i for i in splits if splits[i] == 'test'} == {i for i in uniform if uniform[i] == 'test'}
   moved = {i for i in splits if splits[i] != uniform[i]}
@@ -381,7 +400,7 @@ def test_real_multi_mask_images_are_the_or_of_their_files(real_build):
     label, number = e['image_id'].decode().split(' ')
     files = sorted((root / label).glob(f'{label} {number}_mask*.png'))
     assert len(files) == e['num_masks']
-    expected = np.logical_or.reduce([dataset_files.read_mask(f) for f in files])
+    expected = np.logical_or.reduce([scan_files.read_mask(f) for f in files])
     np.testing.assert_array_equal(e['mask'][..., 0], expected.astype(np.uint8))
 
 
@@ -409,13 +428,13 @@ def test_real_duplicate_groups_stay_in_one_split(real_build):
 
 @pytest.mark.slow  # A `tfds build` subprocess.
 def test_tfds_build_command_builds_the_dataset(tmp_path):
-  """The documented `tfds build data/busi` command, as a user runs it."""
+  """The documented `PYTHONPATH=. tfds build data/busi` command, as a user runs it."""
   manual = busi_fixtures.write_kaggle_tree(tmp_path / 'manual')
   tfds_cli = os.path.join(os.path.dirname(sys.executable), 'tfds')
   result = subprocess.run(
       [tfds_cli, 'build', 'data/busi', f'--manual_dir={manual.parent}',
        f'--data_dir={tmp_path / "data"}'], cwd=ROOT_DIR, capture_output=True, text=True,
-      timeout=300)
+      env=dict(os.environ, PYTHONPATH='.'), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   built = tfds.builder('busi', data_dir=str(tmp_path / 'data'))
   assert sum(s.num_examples for s in built.info.splits.values()) == 9

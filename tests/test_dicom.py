@@ -17,6 +17,13 @@ def test_monochrome2_is_read_unchanged_and_monochrome1_inverted(tmp_path):
                                 255 - NOISE[0])
 
 
+def test_dicom_mask_marks_its_lesion(tmp_path):
+  lesion = np.zeros((20, 30), np.uint8)
+  lesion[5:9, 10:20] = 255
+  write_dicom(tmp_path / 'a_mask.dcm', lesion)
+  np.testing.assert_array_equal(scan_files.read_mask(tmp_path / 'a_mask.dcm'), lesion > 0)
+
+
 def test_multi_frame_file_gives_every_frame_in_order(tmp_path):
   path = str(tmp_path / 'loop.DCM')
   write_dicom(path, NOISE)

@@ -11,8 +11,10 @@ from PIL import Image
 import pytest
 from scipy import special
 
+import busi_fixtures
 from configs import synthetic as synthetic_config
 from data import scan_files
+from data.busi import dataset_files
 from unet_flax import gradcam
 from unet_flax import imaging
 from unet_flax import model as model_lib
@@ -83,13 +85,40 @@ def test_busi_masks_are_ground_truth_and_not_inputs(tmp_path):
                       '.dcm)']
 
 
-def test_ground_truth_is_the_union_of_mask_files(tmp_path):
+def test_ground_truth_is_the_union_of_mask_files(tmp_path, capsys):
   _write_inputs(tmp_path)
-  truth = predict.ground_truth(
-      [str(tmp_path / 'benign (1)_mask.png'), str(tmp_path / 'benign (1)_mask_1.png')],
-      (36, 44), 'benign (1)')
+  masks = [str(tmp_path / 'benign (1)_mask.png'), str(tmp_path / 'benign (1)_mask_1.png')]
+  truth = predict.ground_truth(masks, (36, 44), 'benign (1)')
   assert truth.sum() == 60 and truth[3, 4] and truth[20, 30]
-  assert predict.ground_truth([str(tmp_path / 'benign (1)_mask.png')], (9, 9), 'x') is None
+  assert predict.ground_truth([], (36, 44), 'benign (1)') is None
+  # One mask of another size: no ground truth rather than part of it, and the reason.
+  assert predict.ground_truth(masks, (9, 9), 'x') is None
+  assert f'{masks[0]}: mask is 44x36 (WxH) but its image x is 9x9' in capsys.readouterr().err
+
+
+def test_ground_truth_is_read_as_the_builders_read_masks(tmp_path, capsys):
+  """An RGBA scan with a mask painted in alpha and a second, smaller mask: predict finds and
+  reads them as the BUSI builder does."""
+  gray = busi_fixtures.smooth_image(1)
+  lesion = busi_fixtures.ellipse_mask(busi_fixtures.SHAPE, (20, 28), (6, 9))
+  other = busi_fixtures.ellipse_mask(busi_fixtures.SHAPE, (8, 8), (4, 4))
+  dataset = busi_fixtures.write_kaggle_tree(tmp_path, [
+      busi_fixtures.Entry('benign (1)', gray, [lesion, other])])
+  folder = dataset / 'benign'
+  Image.fromarray(np.stack([gray] * 3 + [np.full_like(gray, 200)], -1), 'RGBA').save(
+      folder / 'benign (1).png')
+  painted = np.full(busi_fixtures.SHAPE + (4,), 255, np.uint8)  # White; alpha marks the lesion.
+  painted[..., 3] = lesion * 255
+  Image.fromarray(painted, 'RGBA').save(folder / 'benign (1)_mask.png')
+  built = dataset_files.read_all(dataset, lambda record, image, mask: mask[..., 0])
+  [(scan, masks)], _ = predict.expand_inputs([str(folder)])
+  truth = predict.ground_truth(masks, scan_files.read_grayscale(scan).shape, 'benign (1)')
+  np.testing.assert_array_equal(truth, built['benign (1)'] > 0)
+  np.testing.assert_array_equal(truth, lesion | other)
+  busi_fixtures.encode_mask(other[:30, :50], '1').save(folder / 'benign (1)_mask_1.png')
+  assert predict.ground_truth(masks, busi_fixtures.SHAPE, 'benign (1)') is None
+  assert (f'{folder / "benign (1)_mask_1.png"}: mask is 50x30 (WxH) but its image benign (1) '
+          'is 56x40') in capsys.readouterr().err
 
 
 @pytest.mark.slow  # Compiles U-Net inference and Grad-CAM.

@@ -12,7 +12,8 @@ from PIL import Image
 
 import busi_fixtures
 from data import classes
-from data.seg_folder import BUS_UCLM, BUSBRA, Builder, FolderConfig, FolderFormatError, check
+from data import scan_files
+from data.seg_folder import BUS_UCLM, BUSBRA, Builder, FolderConfig, check
 from data.seg_folder import folder_files
 from data.seg_folder import seg_folder_dataset_builder
 
@@ -108,12 +109,12 @@ def test_mask_painted_in_alpha_and_palette_masks(tmp_path):
   rgba = np.full(SHAPE + (4,), 255, np.uint8)
   rgba[..., 3] = LESION * 255  # White everywhere: only the varying alpha marks the lesion.
   np.testing.assert_array_equal(
-      folder_files.read_mask(_save(Image.fromarray(rgba, 'RGBA'), tmp_path / 'a.png')), LESION)
+      scan_files.read_mask(_save(Image.fromarray(rgba, 'RGBA'), tmp_path / 'a.png')), LESION)
   palette = Image.fromarray(LESION.astype(np.uint8)).convert('P')
-  np.testing.assert_array_equal(folder_files.read_mask(_save(palette, tmp_path / 'p.png')),
+  np.testing.assert_array_equal(scan_files.read_mask(_save(palette, tmp_path / 'p.png')),
                                 LESION)
   sixteen = Image.fromarray(LESION.astype(np.uint16) * 65535)
-  np.testing.assert_array_equal(folder_files.read_mask(_save(sixteen, tmp_path / 's.png')),
+  np.testing.assert_array_equal(scan_files.read_mask(_save(sixteen, tmp_path / 's.png')),
                                 LESION)
 
 
@@ -150,7 +151,7 @@ def test_every_bad_file_is_reported_at_once(tmp_path):
   (tmp_path / 'img4.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')  # Unreadable.
   _save(_image(50), tmp_path / 'img5_mask.png')  # A picture saved as the mask.
   _save(_image(51), tmp_path / 'img6.jpg')  # Two images with key img6.
-  with pytest.raises(FolderFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     folder_files.read_all(tmp_path, SAME_FOLDER)
   message = str(error.value)
   bad = ['img1.png', 'img2_mask.png', 'img3_mask.png', 'img4.png', 'img5_mask.png',
@@ -171,7 +172,7 @@ def test_csv_problems_are_reported_with_the_rest(tmp_path):
   rows[2] = ('bus_0099-l', 2, 'malignant')  # Row without an image; bus_0002-l has no row.
   _write_csv(tmp_path / 'bus_data.csv', rows)
   (tmp_path / 'Masks' / 'mask_0003-l.png').unlink()  # And a plain pairing problem.
-  with pytest.raises(FolderFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     folder_files.scan(tmp_path, BUSBRA)
   message = str(error.value)
   assert "unknown label 'borderline'" in message and 'accepted: benign, malignant' in message
@@ -183,35 +184,35 @@ def test_csv_problems_are_reported_with_the_rest(tmp_path):
 def test_csv_missing_or_lacking_a_column(tmp_path):
   _write_busbra(tmp_path, {1: ('benign', 2)})
   _write_csv(tmp_path / 'bus_data.csv', [('bus_0001-l', 1, 'benign')], ('ID', 'Patient', 'X'))
-  with pytest.raises(FolderFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     folder_files.scan(tmp_path, BUSBRA)
   assert "no column 'Pathology', 'Case'; its columns: ID, Patient, X" in str(error.value)
   (tmp_path / 'bus_data.csv').unlink()
-  with pytest.raises(FolderFormatError, match='CSV file not found'):
+  with pytest.raises(scan_files.FormatError, match='CSV file not found'):
     folder_files.scan(tmp_path, BUSBRA)
 
 
 def test_normal_label_with_a_lesion_is_an_error(tmp_path):
   _write_busbra(tmp_path, {1: ('normal', 1), 2: ('benign', 1)})
   config = dataclasses.replace(BUSBRA, name='with_normal', label_map=())
-  with pytest.raises(FolderFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     folder_files.read_all(tmp_path, config)
   assert _problems(error) == {('mask_0001-l.png', 'labelled normal, but the mask marks a lesion')}
 
 
 def test_check_fails_fast_on_missing_folders_and_bad_configs(tmp_path):
-  with pytest.raises(FolderFormatError, match='manual dir .* does not exist'):
+  with pytest.raises(scan_files.FormatError, match='manual dir .* does not exist'):
     check(tmp_path / 'nowhere', BUSBRA)
   (tmp_path / 'download' / 'BUSBRA' / 'Images').mkdir(parents=True)
-  with pytest.raises(FolderFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     check(tmp_path / 'download', BUSBRA)
   assert 'images_subdir' in str(error.value)
   assert f'A copy is in {tmp_path / "download" / "BUSBRA"}' in str(error.value)
-  with pytest.raises(FolderFormatError, match='masks_subdir'):
+  with pytest.raises(scan_files.FormatError, match='masks_subdir'):
     check(tmp_path / 'download' / 'BUSBRA', BUSBRA)
-  with pytest.raises(FolderFormatError, match='mask_prefix, mask_suffix: both empty'):
+  with pytest.raises(scan_files.FormatError, match='mask_prefix, mask_suffix: both empty'):
     check(tmp_path, FolderConfig(name='bad', mask_suffix=''))
-  with pytest.raises(FolderFormatError, match='label_map'):
+  with pytest.raises(scan_files.FormatError, match='label_map'):
     check(tmp_path, FolderConfig(name='bad', csv='x.csv', id_column='id', label_column='y',
                                  label_map=(('b', 'bening'),)))
 
@@ -250,13 +251,13 @@ def test_user_split_column_is_honoured(tmp_path):
       name: split.lower() for name, split in wanted.items()}
   _write_csv(tmp_path / 'meta.csv', [(n, 'train') for n in names[:5]] + [('x5', 'dev')],
              ('file', 'fold'))
-  with pytest.raises(FolderFormatError, match="bad split 'dev'"):
+  with pytest.raises(scan_files.FormatError, match="bad split 'dev'"):
     folder_files.scan(tmp_path, config)
 
 
 def test_too_few_groups_for_three_splits(tmp_path):
   _write_busbra(tmp_path, {1: ('benign', 2), 2: ('malignant', 2)})
-  with pytest.raises(FolderFormatError, match='2 group\\(s\\) cannot fill'):
+  with pytest.raises(scan_files.FormatError, match='2 group\\(s\\) cannot fill'):
     seg_folder_dataset_builder.assign_splits(folder_files.scan(tmp_path, BUSBRA), BUSBRA)
 
 
@@ -316,7 +317,7 @@ def test_labels_from_mask_colours_alone_and_against_the_csv(tmp_path):
   mask = np.zeros(SHAPE + (3,), np.uint8)
   mask[LESION] = (0, 0, 255)  # Blue: a colour the config does not list.
   _save(mask, tmp_path / 'masks' / 'POFR_000.png')
-  with pytest.raises(FolderFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     folder_files.read_all(tmp_path, dataclasses.replace(BUS_UCLM, exclude=()))
   assert _problems(error) == {
       ('CHVI_000.png', 'labelled benign (CSV), but its lesion colour says malignant'),
@@ -327,7 +328,7 @@ def test_labels_from_mask_colours_alone_and_against_the_csv(tmp_path):
 def test_a_size_mismatch_stops_a_strict_build_and_a_listed_one_is_left_out(tmp_path):
   _write_bus_uclm(tmp_path, _UCLM_SCANS, mismatched={'ALWI_000', 'ANAT_001'})
   strict = dataclasses.replace(BUS_UCLM, exclude=())
-  with pytest.raises(FolderFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     folder_files.read_all(tmp_path, strict)
   assert _problems(error) == {
       ('ALWI_000.png', "mask is 56x40 (WxH) but its image ALWI_000.png is 52x34 (list "
@@ -345,12 +346,12 @@ def test_group_pattern_problems(tmp_path):
   _save(_image(9), tmp_path / 'images' / 'x1.png')
   _save(np.zeros(SHAPE + (3,), np.uint8), tmp_path / 'masks' / 'x1.png')
   config = dataclasses.replace(BUS_UCLM, csv='', id_column='', label_column='', exclude=())
-  with pytest.raises(FolderFormatError) as error:
+  with pytest.raises(scan_files.FormatError) as error:
     folder_files.read_all(tmp_path, config)
   assert _problems(error) == {('x1.png', "file name does not match group_pattern '(....)_'")}
-  with pytest.raises(FolderFormatError, match="group_pattern: '\(' is not a regular"):
+  with pytest.raises(scan_files.FormatError, match="group_pattern: '\(' is not a regular"):
     check(tmp_path, dataclasses.replace(config, group_pattern='('))
-  with pytest.raises(FolderFormatError, match='group_pattern, group_column: both set'):
+  with pytest.raises(scan_files.FormatError, match='group_pattern, group_column: both set'):
     check(tmp_path, dataclasses.replace(BUS_UCLM, group_column='Image'))
 
 

@@ -30,7 +30,7 @@ from unet_flax import model as model_lib
 from unet_flax import progress
 from unet_flax import visualize
 
-_MASK_STEM = re.compile(r'(?P<image>.+)_mask(?:_\d+)?')
+_MASK_STEM = re.compile(rf'(?P<image>.+){scan_files.MASK_STEM_SUFFIX}')
 # `X_probability.png` holds round(probability * PROBABILITY_SCALE): 16-bit, steps of 1.5e-5.
 PROBABILITY_SCALE = 65535
 CSV_COLUMNS = ('file', 'frame', 'height', 'width', 'lesion_area_px', 'lesion_area_percent',
@@ -105,20 +105,16 @@ def _unique_outputs(inputs):
 
 
 def ground_truth(mask_paths: list[str], shape: tuple[int, int], name: str):
-  """OR of the mask files (None if there are none or they do not fit the image)."""
-  truth = None
-  for path in mask_paths:
-    try:
-      mask = scan_files.read_grayscale(path) > 0
-    except scan_files.ImageReadError as e:
-      tqdm.write(f'{name}: ignoring ground truth: {e}', file=sys.stderr)
-      continue
-    if mask.shape != shape:
-      tqdm.write(f'{name}: ignoring ground truth {path}: size {mask.shape} != image {shape}',
-                 file=sys.stderr)
-      continue
-    truth = mask if truth is None else truth | mask
-  return truth
+  """The union of the mask files of the scan `name` of (H, W) `shape`, read as the builders
+  read masks; None if there are none, or if any is unusable (said on stderr): the overlay
+  then shows no ground truth rather than part of it."""
+  if not mask_paths:
+    return None
+  try:
+    return scan_files.read_masks(mask_paths, shape, name)
+  except scan_files.FormatError as e:
+    tqdm.write(f'{name}: ignoring ground truth: {e}', file=sys.stderr)
+    return None
 
 
 def _check_output_dir(output_dir: str, inputs) -> None:

@@ -2,6 +2,7 @@
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data import names
 from . import dataset_files
 from . import duplicates
 
@@ -61,7 +62,7 @@ BUSI ("Breast Ultrasound Images Dataset") needs a Kaggle login, so download it b
     return {
         name: self._generate_examples(
             [records[i] for i in sorted(records) if splits[i] == name], groups)
-        for name, _ in duplicates.SPLITS
+        for name in names.SPLITS
     }
 
   def _generate_examples(self, records, groups):

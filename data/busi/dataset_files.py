@@ -1,20 +1,21 @@
 """Reads the Kaggle BUSI download, turning its quirks into plain uint8 arrays.
 
 The download mixes grayscale and RGB images, 1-bit / 8-bit / RGB / RGBA masks and several mask
-files per lesion, and users put it anywhere (extracted or zipped). Everything that is wrong is
-collected first and reported in one `BusiFormatError`, so a user fixes a broken copy in one go
-instead of one file per build attempt, and nothing is ever dropped silently.
+files per lesion, and users put it anywhere (extracted or zipped). Images and masks are read
+by `scan_files`, as every dataset's are. Everything that is wrong is collected first and
+reported in one `scan_files.FormatError`, so a user fixes a broken copy in one go instead of
+one file per build attempt, and nothing is ever dropped silently.
 """
 import dataclasses
-import io
 import os
 import pathlib
 import re
 import zipfile
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Union
 
 import numpy as np
-from PIL import Image
+
+from data import scan_files
 
 CLASSES = ('benign', 'malignant', 'normal')
 DATASET_DIR = 'Dataset_BUSI_with_GT'
@@ -28,25 +29,11 @@ DOWNLOAD_STEPS = f"""\
 
 # Files that archivers and file browsers add; they are not part of the dataset.
 _IGNORED_PREFIXES = ('.', '__MACOSX')
-_FILE_RE = re.compile(
-    r'^(?P<label>[a-z]+) \((?P<number>\d+)\)(?P<mask>_mask(?:_(?P<index>\d+))?)?\.png$')
-_IMAGE_MODES = ('1', 'L', 'P', 'LA', 'RGB', 'RGBA')
-_MASK_MODES = ('1', 'L', 'I', 'I;16', 'F', 'P', 'LA', 'RGB', 'RGBA')
+_FILE_RE = re.compile(rf'^(?P<label>[a-z]+) \((?P<number>\d+)\)'
+                      rf'(?P<mask>{scan_files.MASK_STEM_SUFFIX})?\.png$')
 
 # A directory on disk or inside a zip: both offer iterdir / is_dir / name / open.
 Source = Union[pathlib.Path, zipfile.Path]
-
-
-class BusiFormatError(ValueError):
-  """The manual download is missing or malformed.
-
-  `problems` holds (path, what is wrong) for every bad file, and the message lists them all.
-  """
-
-  def __init__(self, summary: str, problems: Iterable[tuple[str, str]] = ()):
-    self.problems = sorted(set(problems))
-    lines = [summary] + [f'  {path}: {what}' for path, what in self.problems]
-    super().__init__('\n'.join(lines))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +66,11 @@ def locate(manual_dir: Union[str, os.PathLike]) -> Source:
   if len(folders) == 1:
     return folders[0]
   if folders:
-    raise BusiFormatError(
+    raise scan_files.FormatError(
         f'Found several copies of BUSI under {manual_dir}; keep exactly one:',
         [(str(f), 'dataset copy') for f in folders])
   looked_at = [(str(z), 'zip without a BUSI folder inside') for z in zips]
-  raise BusiFormatError(
+  raise scan_files.FormatError(
       f'No BUSI dataset found in the manual dir {manual_dir}. Expected, at any depth below '
       f'it, a folder holding the class folders {", ".join(CLASSES)} (Kaggle names it '
       f'`{DATASET_DIR}/`), or a zip containing one (e.g. Kaggle\'s `archive.zip`). '
@@ -119,12 +106,12 @@ def scan(root: Source) -> list[Record]:
   """Lists the images of the dataset folder `root`, sorted by image id.
 
   Raises:
-    BusiFormatError: listing every missing class folder, unexpected file, image without a mask
-      and mask without its image.
+    scan_files.FormatError: listing every missing class folder, unexpected file, image without
+      a mask and mask without its image.
   """
   records, problems = _scan(root)
   if problems:
-    raise BusiFormatError(f'The BUSI folder {root} is malformed:', problems)
+    raise scan_files.FormatError(f'The BUSI folder {root} is malformed:', problems)
   return records
 
 
@@ -165,94 +152,34 @@ def _scan(root: Source) -> tuple[list[Record], list[tuple[str, str]]]:
   return records, problems
 
 
-def _open(path: Source, modes: tuple[str, ...]) -> Image.Image:
-  with path.open('rb') as f:
-    data = f.read()
-  try:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-  except Image.UnidentifiedImageError as e:
-    raise BusiFormatError('', [(str(path), 'unreadable or corrupt PNG (not an image)')]) from e
-  except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-    raise BusiFormatError('', [(str(path), f'unreadable or corrupt PNG ({e})')]) from e
-  if image.mode not in modes:
-    raise BusiFormatError('', [(str(path), f'unsupported PNG mode {image.mode!r}')])
-  return image
-
-
-def read_image(path: Source) -> np.ndarray:
-  """Decodes an image as (H, W) uint8 luminance; colour overlays become gray (ITU-R 601)."""
-  return np.asarray(_open(path, _IMAGE_MODES).convert('L'))
-
-
-def read_mask(path: Source) -> np.ndarray:
-  """Decodes a mask file as (H, W) bool, True on the lesion.
-
-  Lesion = any non-zero value in the gray or colour channels. With alpha, a constant alpha
-  (e.g. BUSI's opaque `benign (54)_mask_1.png`) is ignored; a varying alpha means the lesion was
-  painted on a transparent layer, so then alpha > 0 marks the lesion.
-  """
-  mask = _open(path, _MASK_MODES)
-  if mask.mode == 'P':
-    mask = mask.convert('RGBA')
-  values = np.asarray(mask)
-  if values.ndim == 2:
-    return values != 0
-  if mask.mode in ('LA', 'RGBA'):
-    alpha = values[..., -1]
-    if alpha.min() != alpha.max():
-      return alpha > 0
-    values = values[..., :-1]
-  return values.any(axis=-1)
-
-
 def decode(record: Record) -> tuple[np.ndarray, np.ndarray]:
   """Returns the (H, W, 1) uint8 image and its (H, W, 1) uint8 {0, 1} mask (OR of all files).
 
   Raises:
-    BusiFormatError: listing every unreadable file of the record and every mask whose size
-      differs from the image.
+    scan_files.FormatError: listing every unreadable file of the record and every mask whose
+      size differs from the image.
   """
-  problems = []
-  try:
-    image = read_image(record.image)
-  except BusiFormatError as e:
-    problems += e.problems
-    image = None
-  mask = None if image is None else np.zeros(image.shape, bool)
-  for path in record.masks:
-    try:
-      part = read_mask(path)
-    except BusiFormatError as e:
-      problems += e.problems
-      continue
-    if image is not None and part.shape != image.shape:
-      problems.append((str(path), f'mask is {part.shape[1]}x{part.shape[0]} (WxH) but its image '
-                       f'{record.image_id}.png is {image.shape[1]}x{image.shape[0]}'))
-    elif mask is not None:
-      mask |= part
-  if problems:
-    raise BusiFormatError(f'Cannot decode {record.image_id}:', problems)
-  return image[..., None], mask[..., None].astype(np.uint8)
+  return scan_files.read_example(record.image, record.masks, record.image_id)
 
 
 def read_all(root: Source, fn: Callable[[Record, np.ndarray, np.ndarray], Any]) -> dict[str, Any]:
   """Decodes every image of `root` once, returning {image_id: fn(record, image, mask)}.
 
   Raises:
-    BusiFormatError: after looking at every file, listing all layout and decoding problems.
+    scan_files.FormatError: after looking at every file, listing all layout and decoding
+      problems.
   """
   records, problems = _scan(root)
   results = {}
   for record in records:
     try:
       image, mask = decode(record)
-    except BusiFormatError as e:
+    except scan_files.FormatError as e:
       problems += e.problems
       continue
     results[record.image_id] = fn(record, image, mask)
   if problems:
-    raise BusiFormatError(
+    raise scan_files.FormatError(
         f'The BUSI folder {root} has {len(set(problems))} bad file(s); fix or replace them '
         f'(e.g. re-download from {KAGGLE_URL}):', problems)
   return results

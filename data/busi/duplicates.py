@@ -23,12 +23,12 @@ from scipy.sparse import csgraph
 LAYOUT_THRESHOLD = 0.85
 DETAIL_THRESHOLD = 0.5
 # (name, fraction of the images of each class); whole duplicate groups move together.
-SPLITS = (('train', 0.7), ('validation', 0.1), ('test', 0.2))
+SPLIT_FRACTIONS = (('train', 0.7), ('validation', 0.1), ('test', 0.2))
 # Normal scans give validation twice their share, taken from train: the normal-image empty
 # rate is half of what chooses the checkpoint, and 10 % of BUSI's normals (11 of the 620-image
 # copy) measure it only in steps of 0.09. Test keeps the same [0.8, 1) slice, so the test
-# images are the same as with SPLITS.
-CLASS_SPLITS = {'normal': (('train', 0.6), ('validation', 0.2), ('test', 0.2))}
+# images are the same as with SPLIT_FRACTIONS.
+CLASS_SPLIT_FRACTIONS = {'normal': (('train', 0.6), ('validation', 0.2), ('test', 0.2))}
 # Changing this reshuffles which group lands in which split.
 _SPLIT_SALT = 'busi-split-v1'
 
@@ -116,7 +116,8 @@ def assign_splits(labels: Mapping[str, str], groups: Mapping[str, str],
       group_splits[group_id] = _split_at((start + size / 2) / total,
                                          fractions or split_fractions(label))
       start += size
-  _fill_empty_splits(group_splits, members, [name for name, _ in fractions or SPLITS], salt)
+  _fill_empty_splits(group_splits, members,
+                     [name for name, _ in fractions or SPLIT_FRACTIONS], salt)
   return {i: group_splits[g] for g, ids in members.items() for i in ids}
 
 
@@ -140,7 +141,7 @@ def _fill_empty_splits(group_splits: dict[str, str], members: Mapping[str, list[
 
 def split_fractions(label: str) -> tuple[tuple[str, float], ...]:
   """(split name, fraction) for the images of one class."""
-  return CLASS_SPLITS.get(label, SPLITS)
+  return CLASS_SPLIT_FRACTIONS.get(label, SPLIT_FRACTIONS)
 
 
 def _split_at(position: float, fractions) -> str:

@@ -11,9 +11,10 @@ a known image extension is dropped from the id column's values). Without a group
 `group_pattern` (a regular expression) can take the group from the image's stem. Labels come
 from the CSV, or from the colour of the lesion in colour-coded masks (`label_colours`). Files
 listed in `exclude` (image stems) are left out of the dataset; everything else must be usable.
+Images and masks are read by `scan_files`, as every dataset's are.
 
-Everything wrong is collected first and raised as one `FolderFormatError`, so a user fixes a
-broken copy in one go and nothing is dropped silently. `config` is any object with the fields
+Everything wrong is collected first and raised as one `scan_files.FormatError`, so a user fixes
+a broken copy in one go and nothing is dropped silently. `config` is any object with the fields
 of `seg_folder_dataset_builder.FolderConfig`: this module does not need TFDS.
 """
 import collections
@@ -22,31 +23,15 @@ import dataclasses
 import os
 import pathlib
 import re
-from typing import Iterable, Union
+from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from data import classes
+from data import names
 from data import scan_files
 
-SPLITS = ('train', 'validation', 'test')
-# Non-binary masks are thresholded at half the range; more than this fraction of pixels in the
-# middle half of the range means the file is a picture, not a mask saved lossily.
-_MAX_MIDTONE_FRACTION = 0.01
-
 PathLike = Union[str, os.PathLike]
-
-
-class FolderFormatError(ValueError):
-  """The folder, its CSV or the config is wrong; same format as BUSI's `BusiFormatError`.
-
-  `problems` holds (path, what is wrong) for every bad file, and the message lists them all.
-  """
-
-  def __init__(self, summary: str, problems: Iterable[tuple[str, str]] = ()):
-    self.problems = sorted(set(problems))
-    super().__init__('\n'.join([summary] + [f'  {path}: {what}' for path, what in self.problems]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +53,8 @@ def _folders(manual_dir: PathLike, config) -> tuple[pathlib.Path, pathlib.Path, 
 
 
 def check(manual_dir: PathLike, config) -> None:
-  """Raises FolderFormatError for a bad config or a missing manual dir / images / masks folder.
+  """Raises scan_files.FormatError for a bad config or a missing manual dir / images / masks
+  folder.
 
   Cheap (no file is read), so callers can fail before any TFDS work.
   """
@@ -105,10 +91,10 @@ def check(manual_dir: PathLike, config) -> None:
     problems.append(('validation_fraction, test_fraction',
                      f'{v} and {t}; need both > 0 with a sum < 1'))
   if problems:
-    raise FolderFormatError(f'Bad seg_folder config {config.name!r}:', problems)
+    raise scan_files.FormatError(f'Bad seg_folder config {config.name!r}:', problems)
   root = pathlib.Path(manual_dir)
   if not root.is_dir():
-    raise FolderFormatError(
+    raise scan_files.FormatError(
         f'The manual dir {root} does not exist; set it (DownloadConfig(manual_dir=...) or '
         f'--manual_dir) to the folder holding the images of {config.name!r}.')
   for folder, field in ((images_dir, 'images_subdir'), (masks_dir, 'masks_subdir')):
@@ -116,7 +102,7 @@ def check(manual_dir: PathLike, config) -> None:
       subdir = getattr(config, field)
       nested = [str(d) for d in sorted(root.iterdir()) if subdir and (d / subdir).is_dir()]
       hint = f' A copy is in {nested[0]}: use that as the manual dir.' if nested else ''
-      raise FolderFormatError(
+      raise scan_files.FormatError(
           f'The {field.split("_")[0]} folder {folder} does not exist: it is the manual dir + '
           f'config field {field} ({subdir!r}); fix either.{hint}')
 
@@ -228,9 +214,9 @@ def _annotate(path: pathlib.Path, line: int, row: dict, config):
       problems.append((str(path), f'empty group {where} {config.group_column!r})'))
   if config.split_column:
     split = row[config.split_column].lower()
-    if split not in SPLITS:
+    if split not in names.SPLITS:
       problems.append((str(path), f'bad split {row[config.split_column]!r} {where} '
-                       f'{config.split_column!r}); accepted: {", ".join(SPLITS)}'))
+                       f'{config.split_column!r}); accepted: {", ".join(names.SPLITS)}'))
   return label, group, split, problems
 
 
@@ -274,8 +260,8 @@ def _scan(manual_dir: PathLike, config):
       group = match.group(1) if match.re.groups else match.group(0)
     records.append(Record(image_id, images[key], masks[key], label, group or image_id, split))
   held = {r.image for r in records} | {r.mask for r in records}
-  others = ([(read_image, p) for p in images.values() if p not in held]
-            + [(read_mask, p) for p in masks.values() if p not in held])
+  others = ([(scan_files.read_scan, p) for p in images.values() if p not in held]
+            + [(scan_files.read_mask, p) for p in masks.values() if p not in held])
   return records, others, problems
 
 
@@ -289,62 +275,13 @@ def scan(manual_dir: PathLike, config) -> list[Record]:
   """Pairs the files and reads the CSV without decoding any image; sorted by image_id.
 
   Raises:
-    FolderFormatError: listing every naming, pairing and CSV problem.
+    scan_files.FormatError: listing every naming, pairing and CSV problem.
   """
   records, _, problems = _scan(manual_dir, config)
   if problems:
-    raise FolderFormatError(f'The {config.name!r} folder {manual_dir} is malformed:', problems)
+    raise scan_files.FormatError(f'The {config.name!r} folder {manual_dir} is malformed:',
+                                 problems)
   return records
-
-
-def _unreadable(path: pathlib.Path, error: Exception) -> FolderFormatError:
-  cause = error.__cause__ or error
-  return FolderFormatError('', [(str(path), f'unreadable or corrupt image '
-                                             f'({type(cause).__name__}: {cause})')])
-
-
-def read_image(path: pathlib.Path) -> np.ndarray:
-  """(H, W) uint8 gray, as the model sees any scan (`scan_files.read_grayscale`)."""
-  try:
-    return scan_files.read_grayscale(str(path))
-  except scan_files.ImageReadError as e:
-    raise _unreadable(path, e) from e
-
-
-def read_mask(path: pathlib.Path) -> np.ndarray:
-  """(H, W) bool, True on the lesion.
-
-  Lesion = any non-zero gray or colour channel; with an alpha channel that varies, alpha alone
-  (the lesion painted on a transparent layer). Masks with more than two values (saved as JPEG)
-  are thresholded at half the range, unless too many mid-range pixels show it is a picture.
-  """
-  try:
-    with Image.open(path) as mask:
-      mask.load()
-      mask = ImageOps.exif_transpose(mask)  # As `read_grayscale` does for the image.
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise _unreadable(path, e) from e
-  if mask.mode == 'F':
-    raise FolderFormatError('', [(str(path), 'floating-point mask; save it as 8-bit or 1-bit')])
-  if mask.mode not in ('1', 'L', 'LA', 'RGB', 'RGBA') and not mask.mode.startswith('I'):
-    mask = mask.convert('RGBA')  # Palette, CMYK, ...
-  values = np.asarray(mask)
-  if mask.mode in ('LA', 'RGBA'):
-    alpha = values[..., -1]
-    values = alpha if alpha.min() != alpha.max() else values[..., :-1]
-  if values.ndim == 3:
-    values = values.max(axis=-1)
-  full = 1 if values.dtype == bool else 255 if values.dtype == np.uint8 else 65535
-  if values.size and (values.min() < 0 or values.max() > full):
-    raise FolderFormatError('', [(str(path), f'mask values outside [0, {full}]')])
-  distinct = np.unique(values)
-  if len(distinct) == 1 or (len(distinct) == 2 and distinct[0] == 0):
-    return values > 0
-  midtones = np.count_nonzero((values > full * 0.25) & (values < full * 0.75))
-  if midtones > _MAX_MIDTONE_FRACTION * values.size:
-    raise FolderFormatError('', [(str(path), f'not a binary mask ({len(distinct)} distinct '
-                                             'values; is this an image?)')])
-  return values > full // 2
 
 
 def colour_label(path: pathlib.Path, label_colours) -> str:
@@ -352,10 +289,9 @@ def colour_label(path: pathlib.Path, label_colours) -> str:
   'normal' for an all-black mask.
 
   Raises:
-    FolderFormatError: if lesion pixels have a colour that is not listed.
+    scan_files.FormatError: if lesion pixels have a colour that is not listed.
   """
-  with Image.open(path) as mask:
-    rgb = np.asarray(ImageOps.exif_transpose(mask).convert('RGB')).reshape(-1, 3)
+  rgb = np.asarray(scan_files.open_image(path).convert('RGB')).reshape(-1, 3)
   lesion = rgb[rgb.any(axis=1)]
   if not lesion.size:
     return classes.CLASS_NAMES[classes.NORMAL]
@@ -364,8 +300,8 @@ def colour_label(path: pathlib.Path, label_colours) -> str:
   unknown = [f'#{bytes(c.tolist()).hex()}' for c in found if tuple(c.tolist()) not in colours]
   if unknown:
     listed = ', '.join(f'#{value.lower()}={name}' for value, name in label_colours)
-    raise FolderFormatError('', [(str(path), f'lesion colour(s) {", ".join(unknown[:5])} not '
-                                             f'in label_colours ({listed})')])
+    raise scan_files.FormatError('', [(str(path), f'lesion colour(s) {", ".join(unknown[:5])} '
+                                                  f'not in label_colours ({listed})')])
   return colours[tuple(found[np.argmax(counts)].tolist())]
 
 
@@ -373,23 +309,11 @@ def decode(record: Record) -> tuple[np.ndarray, np.ndarray]:
   """The (H, W, 1) uint8 image and (H, W, 1) uint8 {0, 1} mask.
 
   Raises:
-    FolderFormatError: listing the unreadable files of the record, or the size mismatch.
+    scan_files.FormatError: listing the unreadable files of the record, or the size mismatch.
   """
-  problems = []
-  arrays = []
-  for reader, path in ((read_image, record.image), (read_mask, record.mask)):
-    try:
-      arrays.append(reader(path))
-    except FolderFormatError as e:
-      problems += e.problems
-  if not problems and arrays[0].shape != arrays[1].shape:
-    (h, w), (mh, mw) = arrays[0].shape, arrays[1].shape
-    problems.append((str(record.mask), f'mask is {mw}x{mh} (WxH) but its image '
-                     f'{record.image.name} is {w}x{h} (list {record.image_id!r} in exclude '
-                     'to leave the pair out)'))
-  if problems:
-    raise FolderFormatError(f'Cannot decode {record.image_id}:', problems)
-  return arrays[0][..., None], arrays[1][..., None].astype(np.uint8)
+  return scan_files.read_example(
+      record.image, [record.mask], record.image_id,
+      hint=f' (list {record.image_id!r} in exclude to leave the pair out)')
 
 
 def read_all(manual_dir: PathLike, config) -> list[Record]:
@@ -398,19 +322,19 @@ def read_all(manual_dir: PathLike, config) -> list[Record]:
   Without a label column an image is 'normal' if its mask is empty, else 'unspecified'.
 
   Raises:
-    FolderFormatError: after looking at every file, listing all problems.
+    scan_files.FormatError: after looking at every file, listing all problems.
   """
   records, others, problems = _scan(manual_dir, config)
   for reader, path in others:  # Unpaired or unlabelled files: report their corruption too.
     try:
       reader(path)
-    except FolderFormatError as e:
+    except scan_files.FormatError as e:
       problems += e.problems
   labelled = []
   for record in records:
     try:
       _, mask = decode(record)
-    except FolderFormatError as e:
+    except scan_files.FormatError as e:
       problems += e.problems
       continue
     normal = classes.CLASS_NAMES[classes.NORMAL]
@@ -418,7 +342,7 @@ def read_all(manual_dir: PathLike, config) -> list[Record]:
     if config.label_colours:
       try:
         coloured = colour_label(record.mask, config.label_colours)
-      except FolderFormatError as e:
+      except scan_files.FormatError as e:
         problems += e.problems
         continue
       if record.label and record.label != coloured:
@@ -429,7 +353,7 @@ def read_all(manual_dir: PathLike, config) -> list[Record]:
       problems.append((str(record.mask), 'labelled normal, but the mask marks a lesion'))
     labelled.append(dataclasses.replace(record, label=label))
   if problems:
-    raise FolderFormatError(
+    raise scan_files.FormatError(
         f'The {config.name!r} folder {manual_dir} has {len(set(problems))} problem(s); fix '
         'them all, then build again:', problems)
   return labelled

@@ -14,6 +14,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data import classes
+from data import names
+from data import scan_files
 from data.busi import duplicates
 from . import folder_files
 
@@ -136,7 +138,7 @@ def assign_splits(records: Sequence[folder_files.Record],
   and in any listing order.
 
   Raises:
-    FolderFormatError: if a split would be empty (user splits, or fewer than 3 groups).
+    scan_files.FormatError: if a split would be empty (user splits, or fewer than 3 groups).
   """
   if config.split_column:
     splits = {r.image_id: r.split for r in records}
@@ -145,12 +147,12 @@ def assign_splits(records: Sequence[folder_files.Record],
     splits = duplicates.assign_splits(
         {r.image_id: r.label for r in records}, {r.image_id: r.group for r in records},
         fractions=(('train', 1 - v - t), ('validation', v), ('test', t)), salt=_SPLIT_SALT)
-  empty = [name for name in folder_files.SPLITS if name not in splits.values()]
+  empty = [name for name in names.SPLITS if name not in splits.values()]
   if empty:
     groups = len({r.group for r in records})
     reason = (f'the column {config.split_column!r} names no image for it' if config.split_column
               else f'{groups} group(s) cannot fill train, validation and test')
-    raise folder_files.FolderFormatError(
+    raise scan_files.FormatError(
         f'Split(s) {", ".join(empty)} of {config.name!r} would be empty: {reason}. '
         'Training needs all three.')
   return splits
@@ -198,7 +200,7 @@ Your own data: put images and masks in one folder (or two subfolders), describe 
                    ', '.join(left_out))
     splits = assign_splits(records, config)
     by_split = {name: [r for r in records if splits[r.image_id] == name]
-                for name in folder_files.SPLITS}
+                for name in names.SPLITS}
     for name, members in by_split.items():
       counts = collections.Counter(r.label for r in members)
       logging.info('seg_folder/%s %s: %d images (%s)', config.name, name, len(members),
