@@ -206,8 +206,13 @@ def _check_flags(argv) -> None:
     _usage_error(e)
 
 
-def _check_against_model(config) -> None:
-  """The flags whose choices the workdir's model and datasets (`config`) set."""
+def _check_against_model() -> None:
+  """The flags whose choices the model and its datasets set (the --config, else the workdir's
+  or release folder's saved one), before TensorFlow, data or weights are loaded."""
+  if FLAGS.mode not in ('evaluate', 'predict', 'gradcam'):
+    return
+  from unet_flax import checkpointing
+  config = FLAGS.config or checkpointing.load_config(_model_dir())
   if FLAGS.mode in ('predict', 'gradcam'):
     from unet_flax import model as model_lib
     layers = model_lib.layer_names(config.model.depth)
@@ -250,9 +255,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _run():
-  if FLAGS.mode in ('evaluate', 'predict', 'gradcam'):
-    from unet_flax import checkpointing
-    _check_against_model(FLAGS.config or checkpointing.load_config(_model_dir()))
   if FLAGS.mode == 'train':
     from unet_flax import train
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir, command=sys.argv)
@@ -295,13 +297,22 @@ def _run():
     export.export_workdir(_model_dir(), FLAGS.config, FLAGS.output)
 
 
+def _keep_tensorflow_off_the_gpus() -> None:
+  """TensorFlow only runs the input pipeline; JAX owns the accelerators. Left to see a GPU,
+  TF would reserve most of its memory at its first op."""
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')
+
+
 def main(argv):
   if FLAGS.verbosity < 1:
     logging.get_absl_handler().addFilter(_ProjectInfoOnly())
   _check_flags(argv)
-  from unet_flax import distributed
-  distributed.maybe_initialize(FLAGS.config)
   try:
+    _check_against_model()
+    _keep_tensorflow_off_the_gpus()
+    from unet_flax import distributed
+    distributed.maybe_initialize(FLAGS.config)
     _run()
   except Exception as e:  # pylint: disable=broad-except
     if FLAGS.verbosity >= 1 or not isinstance(e, _user_errors()):

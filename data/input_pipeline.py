@@ -5,6 +5,9 @@ Decoding and resizing happen once and are cached in memory; per-epoch work (shuf
 augmentation) runs on top of that cache with seeds derived from (seed, epoch, example index),
 so epoch e sees the same data whether or not training was resumed in between. Several
 datasets train together through `MixedTrainInput`, which samples them with fixed weights.
+
+TensorFlow only feeds the host; a program that also runs JAX hides the GPUs from TF before
+its first op, as main.py does.
 """
 from collections.abc import Iterable, Iterator, Mapping
 import os
@@ -12,18 +15,14 @@ import os
 import ml_collections
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
-# TF only feeds the host; keep it off the accelerators JAX needs.
-tf.config.set_visible_devices([], 'GPU')
-
-import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-from data import augment  # pylint: disable=g-import-not-at-top
-from data import classes  # pylint: disable=g-import-not-at-top
-from data import names as names_lib  # pylint: disable=g-import-not-at-top
-from data import provenance  # pylint: disable=g-import-not-at-top
-from data import synthetic  # pylint: disable=g-import-not-at-top
-from data.names import SPLITS, sources  # pylint: disable=g-import-not-at-top,unused-import
+from data import augment
+from data import classes
+from data import names as names_lib
+from data import provenance
+from data import synthetic
+from data.names import SPLITS, sources  # pylint: disable=unused-import
 
 
 def _tfds_data_dir(data_config: ml_collections.ConfigDict) -> str:
