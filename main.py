@@ -15,7 +15,6 @@ models/busi-unet), e.g. `python main.py --mode=predict --input=scans/ --output=o
 """
 import logging as std_logging
 import os
-import re
 import sys
 
 # TensorFlow's C++ start-up notices (oneDNN, CPU features) say nothing a user can act on.
@@ -254,6 +253,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
           release.ModelMismatchError, onnx_graph.MissingDependencyError)
 
 
+def _download_flag(field: str) -> str:
+  """The flag that sets config.data.<field> here: without a --config, evaluate and gradcam
+  take the download folder from --manual_dir."""
+  if FLAGS.mode in ('evaluate', 'gradcam') and not FLAGS.config:
+    return '--manual_dir'
+  return f'--config.data.{field}'
+
+
 def _run():
   if FLAGS.mode == 'train':
     from unet_flax import train
@@ -317,11 +324,8 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except
     if FLAGS.verbosity >= 1 or not isinstance(e, _user_errors()):
       raise
-    message = str(e)
-    if FLAGS.mode in ('evaluate', 'gradcam') and not FLAGS.config:
-      # There the data folder is given by --manual_dir, not by a config override.
-      fields = '|'.join([*names.DOWNLOAD_FIELDS.values(), r'folder\.dir'])
-      message = re.sub(rf'--config\.data\.({fields})', '--manual_dir', message)
+    message = (e.message(_download_flag(e.field)) if isinstance(e, names.MissingDownloadError)
+               else str(e))
     if isinstance(e, config_checks.ConfigError):
       _usage_error(message)
     sys.exit(f'FATAL {message}')
