@@ -281,13 +281,12 @@ def _run():
       logging.error('%d input file(s) could not be processed (see above).', failures)
       sys.exit(1)
   elif FLAGS.mode == 'gradcam':
-    from unet_flax import predict
+    from unet_flax import gradcam_report
     model_dir = _model_dir()
     root = _report_root(model_dir)
-    predict.gradcam_workdir(model_dir, _workdir_config(model_dir, root), FLAGS.split,
-                            FLAGS.dataset,
-                            FLAGS.output or os.path.join(root, 'gradcam'),
-                            FLAGS.layers, FLAGS.max_images)
+    gradcam_report.gradcam_workdir(model_dir, _workdir_config(model_dir, root), FLAGS.split,
+                                   FLAGS.dataset, FLAGS.output or os.path.join(root, 'gradcam'),
+                                   FLAGS.layers, FLAGS.max_images)
   elif FLAGS.mode == 'release':
     from unet_flax import release
     manifest = release.export(FLAGS.workdir, FLAGS.output)
