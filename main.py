@@ -15,7 +15,6 @@ models/busi-unet), e.g. `python main.py --mode=predict --input=scans/ --output=o
 """
 import logging as std_logging
 import os
-import re
 import sys
 
 # TensorFlow's C++ start-up notices (oneDNN, CPU features) say nothing a user can act on.
@@ -110,7 +109,7 @@ def _workdir_config(workdir, report_root=None):
 
 def _evaluate():
   """--mode=evaluate, and with --compare_to the paired comparison on the same images."""
-  from unet_flax import compare, evaluate
+  from unet_flax import compare, evaluate, release
   model_dir = _model_dir()
   root = _report_root(model_dir)
   config = _workdir_config(model_dir, root)
@@ -125,13 +124,16 @@ def _evaluate():
     own = {'image_size': other.data.image_size, 'source': other.data.source}
     other.data = config.data.copy_and_resolve_references()
     other.data.update(own)
+  # A workdir keeps its own reports; a release model folder stays as shipped.
+  other_root = (os.path.join(root, 'compared', os.path.basename(os.path.normpath(
+      FLAGS.compare_to))) if release.is_release(FLAGS.compare_to) else FLAGS.compare_to)
   for dataset in summaries:
-    evaluate.evaluate_workdir(FLAGS.compare_to, other, FLAGS.split, dataset,
+    evaluate.evaluate_workdir(FLAGS.compare_to, other, FLAGS.split, dataset, other_root,
                               backend=FLAGS.backend)
     print(compare.write_comparison(
         evaluate.split_dir(evaluate.report_dir(root, config, dataset), FLAGS.split),
-        evaluate.split_dir(evaluate.report_dir(FLAGS.compare_to, config, dataset),
-                           FLAGS.split), model_dir, FLAGS.compare_to))
+        evaluate.split_dir(evaluate.report_dir(other_root, config, dataset), FLAGS.split),
+        model_dir, FLAGS.compare_to))
 
 
 def _usage_error(message) -> None:
@@ -207,8 +209,13 @@ def _check_flags(argv) -> None:
     _usage_error(e)
 
 
-def _check_against_model(config) -> None:
-  """The flags whose choices the workdir's model and datasets (`config`) set."""
+def _check_against_model() -> None:
+  """The flags whose choices the model and its datasets set (the --config, else the workdir's
+  or release folder's saved one), before TensorFlow, data or weights are loaded."""
+  if FLAGS.mode not in ('evaluate', 'predict', 'gradcam'):
+    return
+  from unet_flax import checkpointing
+  config = FLAGS.config or checkpointing.load_config(_model_dir())
   if FLAGS.mode in ('predict', 'gradcam'):
     from unet_flax import model as model_lib
     layers = model_lib.layer_names(config.model.depth)
@@ -247,10 +254,15 @@ def _user_errors() -> tuple[type[Exception], ...]:
           release.ModelMismatchError, onnx_graph.MissingDependencyError)
 
 
+def _download_flag(field: str) -> str:
+  """The flag that sets config.data.<field> here: without a --config, evaluate and gradcam
+  take the download folder from --manual_dir."""
+  if FLAGS.mode in ('evaluate', 'gradcam') and not FLAGS.config:
+    return '--manual_dir'
+  return f'--config.data.{field}'
+
+
 def _run():
-  if FLAGS.mode in ('evaluate', 'predict', 'gradcam'):
-    from unet_flax import checkpointing
-    _check_against_model(FLAGS.config or checkpointing.load_config(_model_dir()))
   if FLAGS.mode == 'train':
     from unet_flax import train
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir, command=sys.argv)
@@ -270,13 +282,12 @@ def _run():
       logging.error('%d input file(s) could not be processed (see above).', failures)
       sys.exit(1)
   elif FLAGS.mode == 'gradcam':
-    from unet_flax import predict
+    from unet_flax import gradcam_report
     model_dir = _model_dir()
     root = _report_root(model_dir)
-    predict.gradcam_workdir(model_dir, _workdir_config(model_dir, root), FLAGS.split,
-                            FLAGS.dataset,
-                            FLAGS.output or os.path.join(root, 'gradcam'),
-                            FLAGS.layers, FLAGS.max_images)
+    gradcam_report.gradcam_workdir(model_dir, _workdir_config(model_dir, root), FLAGS.split,
+                                   FLAGS.dataset, FLAGS.output or os.path.join(root, 'gradcam'),
+                                   FLAGS.layers, FLAGS.max_images)
   elif FLAGS.mode == 'release':
     from unet_flax import release
     manifest = release.export(FLAGS.workdir, FLAGS.output)
@@ -293,22 +304,35 @@ def _run():
     export.export_workdir(_model_dir(), FLAGS.config, FLAGS.output)
 
 
+# The modes that run TensorFlow (the input pipeline, the SavedModel export); predict and
+# release do not, and start twice as fast without importing it.
+_TENSORFLOW_MODES = ('train', 'evaluate', 'gradcam', 'benchmark', 'export')
+
+
+def _keep_tensorflow_off_the_gpus() -> None:
+  """TensorFlow only runs the input pipeline; JAX owns the accelerators. Left to see a GPU,
+  TF would reserve most of its memory at its first op."""
+  if FLAGS.mode not in _TENSORFLOW_MODES:
+    return
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')
+
+
 def main(argv):
   if FLAGS.verbosity < 1:
     logging.get_absl_handler().addFilter(_ProjectInfoOnly())
   _check_flags(argv)
-  from unet_flax import distributed
-  distributed.maybe_initialize(FLAGS.config)
   try:
+    _check_against_model()
+    _keep_tensorflow_off_the_gpus()
+    from unet_flax import distributed
+    distributed.maybe_initialize(FLAGS.config)
     _run()
   except Exception as e:  # pylint: disable=broad-except
     if FLAGS.verbosity >= 1 or not isinstance(e, _user_errors()):
       raise
-    message = str(e)
-    if FLAGS.mode in ('evaluate', 'gradcam') and not FLAGS.config:
-      # There the data folder is given by --manual_dir, not by a config override.
-      fields = '|'.join([*names.DOWNLOAD_FIELDS.values(), r'folder\.dir'])
-      message = re.sub(rf'--config\.data\.({fields})', '--manual_dir', message)
+    message = (e.message(_download_flag(e.field)) if isinstance(e, names.MissingDownloadError)
+               else str(e))
     if isinstance(e, config_checks.ConfigError):
       _usage_error(message)
     sys.exit(f'FATAL {message}')

@@ -72,6 +72,7 @@ def main():
   parser.add_argument('--workdir', required=True, help='A trained workdir.')
   parser.add_argument('--split', default='validation', help='Any TFDS split expression.')
   args = parser.parse_args()
+  tf.config.set_visible_devices([], 'GPU')  # TF only feeds the input pipeline; JAX has them.
 
   config, model, variables, _ = checkpointing.load_inference(args.workdir)
   predictor = evaluate.Predictor(model, sharding.create_mesh(), config.eval.batch_size,

@@ -142,6 +142,7 @@ def main():
   parser.add_argument('--torch_python', default='', help="A torch venv's python.")
   parser.add_argument('--torch_ref', default='', help='The PyTorch reference U-Net script.')
   args = parser.parse_args()
+  tf.config.set_visible_devices([], 'GPU')  # TF only feeds the input pipeline; JAX has them.
 
   config, model, variables, _ = checkpointing.load_inference(args.workdir)
   config.benchmark.steps = args.steps

@@ -5,6 +5,9 @@ Decoding and resizing happen once and are cached in memory; per-epoch work (shuf
 augmentation) runs on top of that cache with seeds derived from (seed, epoch, example index),
 so epoch e sees the same data whether or not training was resumed in between. Several
 datasets train together through `MixedTrainInput`, which samples them with fixed weights.
+
+TensorFlow only feeds the host; a program that also runs JAX hides the GPUs from TF before
+its first op, as main.py does.
 """
 from collections.abc import Iterable, Iterator, Mapping
 import os
@@ -12,18 +15,14 @@ import os
 import ml_collections
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
-# TF only feeds the host; keep it off the accelerators JAX needs.
-tf.config.set_visible_devices([], 'GPU')
-
-import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-from data import augment  # pylint: disable=g-import-not-at-top
-from data import classes  # pylint: disable=g-import-not-at-top
-from data import names as names_lib  # pylint: disable=g-import-not-at-top
-from data import provenance  # pylint: disable=g-import-not-at-top
-from data import synthetic  # pylint: disable=g-import-not-at-top
-from data.names import SPLITS, sources  # pylint: disable=g-import-not-at-top,unused-import
+from data import augment
+from data import classes
+from data import names as names_lib
+from data import provenance
+from data import synthetic
+from data.names import SPLITS, sources  # pylint: disable=unused-import
 
 
 def _tfds_data_dir(data_config: ml_collections.ConfigDict) -> str:
@@ -50,28 +49,31 @@ def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset
     manual_dir = os.path.dirname(manual_dir)
   builder = tfds.builder('busi', data_dir=data_dir)
   return _prepare(builder, data_dir, manual_dir, dataset_files.locate, '',
-                  'config.data.manual_dir', source).as_dataset(split=split, shuffle_files=False)
+                  'manual_dir', source).as_dataset(split=split, shuffle_files=False)
 
 
 def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str, manual_dir: str,
-             can_build, reading: str, flag: str, source: str = ''):
+             can_build, reading: str, field: str, source: str = ''):
   """Builds `builder` (in the TFDS `data_dir`) from `manual_dir` once; refuses a build made
-  from other files than `source` (default: the manual dir) holds now.
+  from other files than `source` (default: the manual dir) holds now. `field` is the
+  config.data field that names the manual dir.
 
   `can_build(manual_dir)` raises the builder's format error (a ValueError) when the manual
   dir cannot build the dataset: that is reported before any TFDS work starts.
   """
   source = source or manual_dir
   if builder.is_prepared():
-    provenance.check(builder.data_dir, source, reading, flag, exclude=data_dir)
+    provenance.check(builder.data_dir, source, reading, f'config.data.{field}',
+                     exclude=data_dir)
     return builder
   name = builder.builder_config.name if builder.builder_config else builder.name
   try:
     can_build(manual_dir)
   except ValueError as e:
-    raise FileNotFoundError(
+    reason = str(e)
+    raise names_lib.MissingDownloadError(field, lambda flag: (
         f'{name} is not built in the TFDS data dir {data_dir} (config.data.tfds_data_dir), '
-        f'and {manual_dir} cannot build it (set --{flag}): {e}') from None
+        f'and {manual_dir} cannot build it (set {flag}): {reason}')) from None
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   provenance.record(builder.data_dir, source, reading, exclude=data_dir)
@@ -86,8 +88,8 @@ def _folder_config(data_config: ml_collections.ConfigDict, source: str):
     return named[source], data_config[names_lib.DOWNLOAD_FIELDS[source]]
   folder = data_config.folder
   if not folder.dir:
-    raise FileNotFoundError('data.source names "folder" but no folder is set: '
-                            '--config.data.folder.dir=<your images and masks>.')
+    raise names_lib.MissingDownloadError('folder.dir', lambda flag: (
+        f'data.source names "folder" but no folder is set: {flag}=<your images and masks>.'))
   def pairs(text):  # 'a=b,c=d' -> (('a', 'b'), ('c', 'd'))
     return tuple(tuple(item.split('=')) for item in text.split(',') if item)
 
@@ -113,10 +115,10 @@ def _load_folder(data_config: ml_collections.ConfigDict, source: str,
   manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
   data_dir = _tfds_data_dir(data_config)
   builder = seg_folder.Builder(config=builder_config, data_dir=data_dir)
-  flag = f'config.data.{names_lib.DOWNLOAD_FIELDS.get(source, "folder.dir")}'
+  field = names_lib.DOWNLOAD_FIELDS.get(source, 'folder.dir')
   return _prepare(builder, data_dir, manual_dir,
                   lambda folder: seg_folder.check(folder, builder_config),
-                  repr(builder_config), flag).as_dataset(split=split, shuffle_files=False)
+                  repr(builder_config), field).as_dataset(split=split, shuffle_files=False)
 
 
 def dataset_name(data_config: ml_collections.ConfigDict, source: str) -> str:

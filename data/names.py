@@ -3,6 +3,7 @@
 Free of TensorFlow, so that `main.py` checks them in a fraction of a second, before anything
 heavy is imported; `input_pipeline` loads what they name.
 """
+from collections.abc import Callable
 import math
 import re
 
@@ -16,6 +17,20 @@ DOWNLOAD_FIELDS = {'busi': 'manual_dir', 'busbra': 'busbra_dir', 'bus_uclm': 'bu
 # One term of a TFDS split expression: a split name, optionally sliced ('test[:50%]').
 _SPLIT_TERM = re.compile(r'(?P<name>[\w-]+)(?:\[(?P<slice>[^\]]*)\])?')
 _SLICE = re.compile(r'(-?[\d_.]+(%|shard)?)?(:(-?[\d_.]+(%|shard)?)?)?')
+
+
+class MissingDownloadError(FileNotFoundError):
+  """A dataset that is not built has no usable download where config.data.<`field`> points.
+
+  The data layer knows the field, not the command line: `message(flag)` names the setting as
+  the caller lets the user change it (main.py: --manual_dir or --config.data.<field>); str()
+  names the config override.
+  """
+
+  def __init__(self, field: str, message: Callable[[str], str]):
+    self.field = field
+    self.message = message
+    super().__init__(message(f'--config.data.{field}'))
 
 
 def sources(data_config) -> tuple[str, ...]:

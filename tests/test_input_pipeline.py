@@ -208,6 +208,10 @@ def test_missing_busi_data_fails_fast_and_says_where_it_looked(tmp_path):
   message = str(error.value)
   assert config.tfds_data_dir in message and config.manual_dir in message
   assert 'kaggle' in message.lower()
+  # The config field it names, for a caller that sets it by another flag (main.py).
+  assert error.value.field == 'manual_dir' and '(set --config.data.manual_dir)' in message
+  assert error.value.message('--manual_dir') == message.replace('--config.data.manual_dir',
+                                                                '--manual_dir')
 
 
 def test_busi_build_from_a_zip_path_is_sharded_over_processes(tmp_path):

@@ -110,6 +110,22 @@ def test_evaluate_at_a_threshold_of_ones_own_says_so_and_marks_more(trained_work
   assert low_area >= own_area  # This tiny model's probabilities are near 0 or 1.
 
 
+def test_comparison_with_a_release_model_leaves_its_folder_as_shipped(trained_workdir,
+                                                                     tmp_path):
+  import shutil
+  from unet_flax import release
+  shipped = str(tmp_path / 'busi-unet')
+  shutil.copytree(release.default_model(), shipped)
+  before = sorted(os.listdir(shipped))
+  result = _main('--mode=evaluate', f'--workdir={trained_workdir}', '--split=test',
+                 f'--compare_to={shipped}')
+  assert 'Paired comparison' in result.stdout
+  assert sorted(os.listdir(shipped)) == before
+  with open(os.path.join(trained_workdir, 'eval/synthetic/test/comparison.json')) as f:
+    compared = json.load(f)['b']
+  assert compared.startswith(os.path.join(trained_workdir, 'compared', 'busi-unet'))
+
+
 def test_rerun_of_a_finished_run_resumes_instead_of_retraining(trained_workdir):
   with open(os.path.join(trained_workdir, 'metrics.jsonl')) as f:
     before = f.read()

@@ -1,5 +1,6 @@
 """predict_files on every input format, BUSI-layout folders and broken files; its batched,
-streamed outputs against the per-image path; predictions.csv; gradcam_split."""
+streamed outputs against the per-image path; predictions.csv; the Grad-CAM report's
+gradcam_split, which draws the maps predict draws."""
 import csv
 import json
 import logging
@@ -16,6 +17,7 @@ from configs import synthetic as synthetic_config
 from data import scan_files
 from data.busi import dataset_files
 from unet_flax import gradcam
+from unet_flax import gradcam_report
 from unet_flax import imaging
 from unet_flax import model as model_lib
 from unet_flax import predict
@@ -366,8 +368,8 @@ def _eval_batch(sizes, seed):
 def test_gradcam_split_scores_layers_and_draws(setup, tmp_path):
   model, variables, config = setup
   batches = [_eval_batch([(40, 50), (30, 36)], 1), _eval_batch([(20, 64)], 2)]
-  scores = predict.gradcam_split(model, variables, config, batches, str(tmp_path),
-                                 layers=('bottleneck', 'decoder_0'), max_images=2)
+  scores = gradcam_report.gradcam_split(model, variables, config, batches, str(tmp_path),
+                                        layers=('bottleneck', 'decoder_0'), max_images=2)
   assert set(scores) == {'bottleneck', 'decoder_0'}
   assert all(0.0 <= s <= 1.0 for s in scores.values())
   assert set(os.listdir(tmp_path)) == {'case (1-0)_overlay.png', 'case (1-1)_overlay.png',

@@ -2,7 +2,8 @@
 
 Each case runs main.py as a user would; none needs data or a trained model, and the checks
 come before TensorFlow (and, without a workdir, before JAX) is imported, so each takes a
-fraction of a second to about three.
+fraction of a second to about three. A download folder that holds no data shows only when the
+data are loaded, a few seconds later: its FATAL line (exit status 1) names the flag to set.
 """
 import os
 import subprocess
@@ -108,6 +109,33 @@ def test_mistake_ends_in_one_fatal_line_with_status_2(args, fatal, tmp_path, wor
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(fatal), result.stderr[-2000:]
   assert not (tmp_path / 'run').exists()  # Nothing was written.
+
+
+MISSING_DOWNLOADS = [
+    # Without --config, evaluate takes the folder from --manual_dir (here for the repository's
+    # release model); with one, the config field is the flag.
+    (['--mode=evaluate', '--dataset=busbra', '--manual_dir={tmp}/no_busbra',
+      '--output={tmp}/reports'],
+     'busbra is not built in the TFDS data dir {tmp}/reports/eval/tfds '
+     '(config.data.tfds_data_dir), and {tmp}/no_busbra cannot build it (set --manual_dir): '),
+    ([*TRAIN, '--config.data.source=busbra', '--config.data.busbra_dir={tmp}/no_busbra'],
+     'and {tmp}/no_busbra cannot build it (set --config.data.busbra_dir): '),
+    ([*TRAIN, '--config.data.source=folder'],
+     'data.source names "folder" but no folder is set: '
+     '--config.data.folder.dir=<your images and masks>.'),
+]
+
+
+@pytest.mark.parametrize('args, fatal', MISSING_DOWNLOADS, ids=[
+    ' '.join(args).replace('{tmp}/', '') for args, _ in MISSING_DOWNLOADS])
+def test_missing_download_names_the_flag_that_sets_it(args, fatal, tmp_path, workdir):
+  """The data layer names the config field; main.py the flag that sets it on this command
+  line."""
+  result = _main(args, tmp_path, workdir)
+  lines = [line for line in result.stderr.splitlines() if line.startswith('FATAL ')]
+  assert (result.returncode, result.stdout, len(lines)) == (1, '', 1), result.stderr[-2000:]
+  assert fatal.format(tmp=tmp_path) in lines[0], lines[0]
+  assert not os.listdir(tmp_path)  # Nothing was written: no run, no report, no build.
 
 
 def test_help_exits_0_and_shows_the_usage(tmp_path, workdir):

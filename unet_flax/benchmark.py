@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from data import input_pipeline
 from unet_flax import evaluate
 from unet_flax import gradcam
 from unet_flax import model as model_lib
@@ -54,7 +55,6 @@ def pipeline_images_per_s(config, epochs: int = 2) -> tuple[float, str]:
   Uses the config's data when it is a synthetic source or an already built BUSI; otherwise
   (BUSI absent or not built yet: building is not a benchmark's job) the synthetic source.
   """
-  from data import input_pipeline  # data/ owns TensorFlow; imported only where needed.
   data_config = config.data.copy_and_resolve_references()
   if data_config.source == 'busi' and not input_pipeline.is_built(data_config):
     logging.warning('BUSI is not built: timing the input pipeline on synthetic data.')

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from scipy import special
 
+from data import input_pipeline
 from unet_flax import imaging
 from unet_flax import metrics as metrics_lib
 from unet_flax import model as model_lib
@@ -116,7 +117,6 @@ _DESCRIPTIONS = {'busi': 'BUSI (duplicate-group-aware split)',
 
 def protocol(config, source: str, split: str, summary: dict, checkpoint_note: str) -> str:
   """The sentence that must stand next to every number."""
-  from data import input_pipeline  # data/ owns TensorFlow.
   name = input_pipeline.dataset_name(config.data, source)
   dataset = _DESCRIPTIONS.get(source, f'{name} (folder dataset, group-aware split)')
   return (f"{dataset}, split '{split}', {summary['num_images']} images; model trained on "
@@ -170,14 +170,12 @@ def write_report(scores, summary: dict, samples, protocol_text: str, out_dir: st
 
 def report_dir(workdir: str, config, source: str) -> str:
   """`<workdir>/eval/<dataset>`: reports of each dataset apart (then `/<split>/`)."""
-  from data import input_pipeline  # data/ owns TensorFlow.
   return os.path.join(workdir, 'eval', input_pipeline.dataset_name(config.data, source))
 
 
 def evaluate_and_report(predictor, variables, config, source: str, raw_split, split: str,
                         workdir: str, checkpoint_note: str) -> dict:
   """Scores one dataset's split; prints the table; writes the report under `report_dir`."""
-  from data import input_pipeline  # data/ owns TensorFlow.
   batches = input_pipeline.eval_batches(raw_split, config.data,
                                         batch_size=config.eval.batch_size)
   scores, summary, samples = predictor.evaluate(variables, batches, config.eval,
@@ -197,7 +195,6 @@ def evaluate_workdir(workdir: str, config, split: str, dataset: str | None = Non
   accepts), or of each dataset it was trained on, its network run by `backend`
   (`onnx_backend.BACKENDS`), at `threshold` if given, else the model's; reports go under
   `report_root` (default: the workdir). {dataset: summary}."""
-  from data import input_pipeline  # data/ owns TensorFlow.
   config, model, variables, best = release.load_model(workdir, config)
   note = f'best of {workdir}, {best_note(best)}'
   if threshold is not None:

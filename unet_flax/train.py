@@ -23,6 +23,7 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
+from data import input_pipeline
 from unet_flax import checkpointing
 from unet_flax import config_checks
 from unet_flax import evaluate
@@ -201,7 +202,7 @@ def _check_steps_per_epoch(steps_per_epoch: int, num_examples: int, batch_size: 
         f'size of at most {num_examples}.')
 
 
-def _training_data(config, input_pipeline, local_batch: int):
+def _training_data(config, local_batch: int):
   """(train input, {dataset: validation batches}, {dataset: raw test split}).
 
   Each process trains on its share of 'train' but evaluates the whole validation and test
@@ -402,13 +403,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `command` (main.py's argv) is recorded in the workdir, for `release.export`. Returns
   {dataset: test summary} (see `metrics.summarize`).
   """
-  from data import input_pipeline  # data/ owns TensorFlow; imported only where needed.
-
   check_config(config)
   checkpointing.check_workdir(config, workdir)
   local_batch = config.train.batch_size // jax.process_count()
-  train_input, validation_batches, test_splits = _training_data(config, input_pipeline,
-                                                                local_batch)
+  train_input, validation_batches, test_splits = _training_data(config, local_batch)
   steps_per_epoch = _steps_per_epoch(train_input, local_batch)
   if jax.process_index() == 0:  # Only now: a run whose data are missing leaves no workdir.
     checkpointing.save_config(config, workdir)
