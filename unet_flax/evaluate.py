@@ -137,7 +137,7 @@ def best_note(best: dict) -> str:
   note += f"; threshold {best['threshold']} chosen on validation"
   if 'val_operating_points' in best:
     lowest = {t: min((p[t]['sensitivity'] for p in best['val_operating_points'].values()
-                      if not np.isnan(p[t]['sensitivity'])), default=float('nan'))
+                      if t in p and not np.isnan(p[t]['sensitivity'])), default=float('nan'))
               for t in by_threshold}
     note += (f" (image-level sensitivity up to {best['min_sensitivity']:g} on every dataset "
              'first, then all-image Dice; lowest sensitivity / all-image Dice: ' +
