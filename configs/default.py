@@ -71,6 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Within each training dataset that has normal scans, the share of its draws that are
   # normal scans (its lesion scans take the rest of its weight); 0 = as the data come.
   data.normal_share = 0.0
+  # Train on this many patients (groups) of each training split, drawn by `seed`, nested (a
+  # smaller count's are among a larger one's): how much a few annotated patients buy
+  # (benchmarks/adaptation_curve.sh). 0 = all.
+  data.train_groups = 0
   data.tfds_data_dir = ''  # '' = TFDS default (~/tensorflow_datasets).
   data.image_size = 256
   data.include_normal_in_train = True  # Normal scans teach the net to predict "no lesion".

@@ -121,6 +121,26 @@ def _load_folder(data_config: ml_collections.ConfigDict, source: str,
                   repr(builder_config), field).as_dataset(split=split, shuffle_files=False)
 
 
+def _group(example) -> tf.Tensor:
+  """The example's patient (folder datasets) or duplicate group (BUSI, synthetic)."""
+  return example['group'] if 'group' in example else example['dup_group']
+
+
+def chosen_groups(raw: tf.data.Dataset, count: int, seed: int) -> list[bytes]:
+  """`count` of the groups (patients) of `raw`, drawn by `seed`: the first `count` of one
+  seeded shuffle of them, so a smaller count picks a subset of a larger one's. Pass the
+  whole split (not a process's share): every process must pick the same patients."""
+  groups = sorted({group.numpy() for group in raw.map(_group)})
+  order = np.random.default_rng(seed).permutation(len(groups))
+  return [groups[i] for i in order[:count]]
+
+
+def only_groups(raw: tf.data.Dataset, groups: list[bytes]) -> tf.data.Dataset:
+  """The examples of `raw` whose group is one of `groups`."""
+  keep = tf.constant(groups, tf.string)
+  return raw.filter(lambda example: tf.reduce_any(tf.equal(_group(example), keep)))
+
+
 def dataset_name(data_config: ml_collections.ConfigDict, source: str) -> str:
   """What reports call a source: the folder dataset goes by its own name."""
   return data_config.folder.name if source == 'folder' else source

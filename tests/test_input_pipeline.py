@@ -295,6 +295,20 @@ def test_normal_share_draws_each_datasets_normal_scans_at_that_share_of_its_weig
   assert plain.weights == {'mostly_normal': 0.5, 'lesions_only': 0.5}
 
 
+def test_training_on_a_few_patients_keeps_all_their_scans_and_nests_the_smaller_counts():
+  examples = _bright_lesion_examples(12)
+  for i, example in enumerate(examples):
+    example['dup_group'] = f'patient {i // 3}'  # 4 patients of 3 scans each.
+  raw = _raw(examples)
+  two, three = (input_pipeline.chosen_groups(raw, n, seed=7) for n in (2, 3))
+  assert len(set(two)) == 2 and set(two) < set(three)
+  assert input_pipeline.chosen_groups(raw, 2, seed=7) == two  # The same seed, the same pick.
+  assert {tuple(input_pipeline.chosen_groups(raw, 2, seed)) for seed in range(8)} != {tuple(two)}
+  kept = list(input_pipeline.only_groups(raw, two).as_numpy_iterator())
+  assert sorted(ex['dup_group'] for ex in kept) == sorted(3 * two)
+  assert input_pipeline.chosen_groups(raw, 9, seed=0) == input_pipeline.chosen_groups(raw, 4, 0)
+
+
 def test_mix_weights_default_to_dataset_sizes_and_must_name_every_dataset():
   config = _config()
   assert input_pipeline.mix_weights(config, {'busi': 30, 'busbra': 90}) == {

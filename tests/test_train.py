@@ -246,3 +246,13 @@ def test_undefined_metrics_stay_in_the_log_and_out_of_tensorboard(tmp_path, capl
   assert row['val_dice'] == 0.5 and np.isnan(row['val_busbra_normal_empty_rate'])
   assert 'NaN' not in caplog.text  # tensorboardX warns on every NaN it is given.
   assert os.listdir(tmp_path / 'tensorboard')
+
+
+def test_training_data_of_a_few_patients_holds_only_their_scans():
+  config = _config()
+  config.data.train_groups = 5  # Synthetic scans are each their own group.
+  train_input, _, _ = train._training_data(config, local_batch=1)
+  assert train_input.num_examples == 5
+  config.data.train_groups = 0
+  assert train._training_data(config, local_batch=1)[0].num_examples == (
+      config.data.synthetic.num_train)

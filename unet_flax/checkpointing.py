@@ -173,7 +173,7 @@ def write_config(config: ml_collections.ConfigDict, folder: str) -> None:
 # chooses a threshold, so a trained workdir keeps its own).
 _ADDED_FIELDS = ('data.bus_uclm_dir', 'data.folder.csv_delimiter', 'data.folder.group_pattern',
                  'data.folder.label_colours', 'data.folder.exclude', 'eval.min_sensitivity',
-                 'data.normal_share')
+                 'data.normal_share', 'data.train_groups')
 
 
 # Options measured, not adopted and removed (docs/experiments.md), with the value that meant

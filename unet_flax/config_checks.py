@@ -40,6 +40,7 @@ PROBABILITY = _interval(0, 1, False, False)
 _RULES = {
     'data.shuffle_buffer': _COUNT,
     'data.normal_share': _FRACTION,
+    'data.train_groups': _NON_NEGATIVE,
     'data.synthetic.num_train': _COUNT,
     'data.synthetic.num_validation': _COUNT,
     'data.synthetic.num_test': _COUNT,

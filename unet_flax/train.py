@@ -216,6 +216,12 @@ def _training_data(config, local_batch: int):
     train[name] = input_pipeline.load_split(config.data, 'train', source=name,
                                             process_index=jax.process_index(),
                                             process_count=jax.process_count())
+    if config.data.train_groups:
+      groups = input_pipeline.chosen_groups(
+          input_pipeline.load_split(config.data, 'train', source=name),
+          config.data.train_groups, config.seed)
+      logging.info('Training on %d patients (groups) of %s.', len(groups), name)
+      train[name] = input_pipeline.only_groups(train[name], groups)
     validation[name] = input_pipeline.eval_batches(
         input_pipeline.load_split(config.data, 'validation', source=name), config.data,
         batch_size=config.eval.batch_size)
