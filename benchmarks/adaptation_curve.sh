@@ -11,7 +11,7 @@ RUNS=${RUNS:-runs/adaptation}
 timed() { local workdir=$1; shift; /usr/bin/time -f '%e s' -o "$workdir.time" "$@"; }
 
 mkdir -p "$RUNS"
-timed "$RUNS/base" python main.py --config=configs/cpu_three.py --workdir="$RUNS/base" \
+timed "$RUNS/base" python main.py --config=configs/cpu_mixed.py --workdir="$RUNS/base" \
     --config.data.source=busi+bus_uclm --config.data.mix_weights=busi=2,bus_uclm=1
 python main.py --mode=evaluate --workdir="$RUNS/base" --dataset=busbra --split=test
 for n in "$@"; do

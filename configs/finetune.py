@@ -1,7 +1,7 @@
 """Fine-tuning the release model to your own scanner: a few dozen annotated scans, minutes.
 
 Starts from the repository's release model (models/busi-unet, trained with
-`configs/cpu_three.py`, whose network this config keeps) on a folder of your images and
+`configs/cpu_mixed.py`, whose network this config keeps) on a folder of your images and
 masks (data/seg_folder/README.md), at a learning rate a few times lower than training from
 scratch, for a short schedule; validation is scored every epoch and, as always, chooses the
 checkpoint and the threshold. `--config.train.init_from=` (empty) trains the same recipe from
@@ -10,20 +10,16 @@ random weights, the comparison that says what the release model is worth on your
   python main.py --config=configs/finetune.py --workdir=runs/finetune \\
       --config.data.folder.dir=my_scans/
 """
-import os
-
-from configs import cpu_three
-
-# The release model (`unet_flax.release.MODEL_DIR`), named here without importing JAX.
-_RELEASE_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              'models', 'busi-unet')
+import configs
+from configs import cpu_mixed
 
 
 def get_config():
-  config = cpu_three.get_config()
+  config = cpu_mixed.get_config()
   config.data.source = 'folder'
   config.data.mix_weights = ''
-  config.train.init_from = _RELEASE_MODEL
+  config.data.normal_share = 0.0
+  config.train.init_from = configs.RELEASE_MODEL_DIR
   config.train.learning_rate = 3e-4
   config.train.num_epochs = 15
   config.train.warmup_epochs = 1

@@ -18,8 +18,7 @@ SHIPPED = configs.shipped()
 
 
 def test_every_config_file_is_tested():
-  assert set(SHIPPED) == {'cpu', 'cpu_mixed', 'cpu_three', 'default', 'finetune', 'synthetic',
-                           'tpu'}
+  assert set(SHIPPED) == {'cpu', 'cpu_mixed', 'default', 'finetune', 'synthetic', 'tpu'}
 
 
 @pytest.mark.parametrize('name', SHIPPED)

@@ -39,13 +39,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+import configs
 from configs import default
 from unet_flax import checkpointing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The repository's release model: what evaluate, predict and gradcam use without --workdir or
-# --model, and what configs/finetune.py starts from.
-MODEL_DIR = os.path.join(ROOT, 'models', 'busi-unet')
+MODEL_DIR = configs.RELEASE_MODEL_DIR
 VARIABLES_FILE = 'variables.msgpack'
 MANIFEST_FILE = 'model.json'
 # In a workdir: one JSON line per training run into it (its command and commit).
