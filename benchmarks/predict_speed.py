@@ -15,7 +15,7 @@ shape in its own venv. Rates are steady state: a warm-up batch compiles first (i
 printed), evaluate scores whole batches only, and with `--repeats` each run is repeated in
 turn with the others and its best kept. Prints a table and one JSON line.
 
-  python -m benchmarks.predict_speed --workdir runs/cpu --scans path/to/scans --limit 500
+  python -m benchmarks.predict_speed --workdir models/busi-unet --scans path/to/scans --limit 500
 """
 import argparse
 import contextlib
@@ -35,10 +35,10 @@ from data import input_pipeline
 from data import scan_files
 from data import synthetic
 from unet_flax import benchmark
-from unet_flax import checkpointing
 from unet_flax import evaluate
 from unet_flax import onnx_backend
 from unet_flax import predict
+from unet_flax import release
 from unet_flax import sharding
 
 PREDICT_MODES = {'masks': {'cams': False, 'overlays': False},
@@ -132,7 +132,7 @@ def torch_rate(torch_python: str, torch_ref: str, config, steps: int) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', required=True, help='A trained workdir.')
+  parser.add_argument('--workdir', required=True, help='A trained workdir or a release folder.')
   parser.add_argument('--scans', required=True, help='Folder (or glob) of PNG/JPEG scans.')
   parser.add_argument('--limit', type=int, default=0, help='Use the first N scans; 0: all.')
   parser.add_argument('--layer', default='decoder_1', help='Grad-CAM layer, as predict.')
@@ -144,7 +144,7 @@ def main():
   args = parser.parse_args()
   tf.config.set_visible_devices([], 'GPU')  # TF only feeds the input pipeline; JAX has them.
 
-  config, model, variables, _ = checkpointing.load_inference(args.workdir)
+  config, model, variables, _ = release.load_model(args.workdir)
   config.benchmark.steps = args.steps
   inputs, _ = predict.expand_inputs([args.scans])
   inputs = inputs[:args.limit or None]
