@@ -106,6 +106,16 @@ class Checkpoints:
     self.best.close()
 
 
+def latest_step(workdir: str) -> int | None:
+  """The step of the workdir's newest complete checkpoint, None if there is none to resume;
+  creates nothing."""
+  checkpoints = Checkpoints(workdir)
+  try:
+    return checkpoints.latest.latest_step()
+  finally:
+    checkpoints.close()
+
+
 # The layout of config.json this code reads; bump it when a field's meaning changes or a field
 # the model or evaluation needs is added. Workdirs of another layout are refused by name
 # rather than silently read with today's defaults.
