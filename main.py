@@ -64,9 +64,9 @@ flags.DEFINE_boolean('cams', True, 'predict: Seg-Grad-CAM maps (X_cam.npy); fals
                      'they show the CAM).')
 flags.DEFINE_boolean('overlays', True, 'predict: overlay figures (X_overlay.png), the slowest '
                      'output to draw.')
-flags.DEFINE_float('threshold', None, 'predict, evaluate: lesion probability threshold, '
-                   '0 < t < 1, instead of the one chosen on validation with the model (lower '
-                   'marks more).')
+flags.DEFINE_float('threshold', None, 'predict, evaluate, gradcam: lesion probability '
+                   'threshold, 0 < t < 1, instead of the one chosen on validation with the '
+                   'model (lower marks more; Grad-CAM explains the mask it gives).')
 flags.DEFINE_boolean('probabilities', False, 'predict: also write X_probability.png, the '
                      'lesion probability of each pixel at the original size as a 16-bit '
                      'grayscale PNG: probability = value / 65535.')
@@ -270,9 +270,8 @@ def _run():
     _evaluate()
   elif FLAGS.mode == 'predict':
     from unet_flax import onnx_backend, predict, release
-    config, model, variables, _ = release.load_model(_model_dir(), FLAGS.config)
-    if FLAGS.threshold is not None:  # The user's, instead of the one chosen on validation.
-      config.eval.threshold = FLAGS.threshold
+    config, model, variables, _ = release.load_model(_model_dir(), FLAGS.config,
+                                                     FLAGS.threshold)
     failures = predict.predict_files(
         model, variables, config, FLAGS.input, FLAGS.output, layer=FLAGS.layers[0],
         overlays=FLAGS.overlays, cams=FLAGS.cams, probabilities=FLAGS.probabilities,
@@ -287,7 +286,7 @@ def _run():
     root = _report_root(model_dir)
     gradcam_report.gradcam_workdir(model_dir, _workdir_config(model_dir, root), FLAGS.split,
                                    FLAGS.dataset, FLAGS.output or os.path.join(root, 'gradcam'),
-                                   FLAGS.layers, FLAGS.max_images)
+                                   FLAGS.layers, FLAGS.max_images, FLAGS.threshold)
   elif FLAGS.mode == 'release':
     from unet_flax import release
     manifest = release.export(FLAGS.workdir, FLAGS.output)

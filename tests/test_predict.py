@@ -5,6 +5,8 @@ import csv
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -479,27 +481,55 @@ def test_threshold_sets_the_masks_and_probabilities_are_written_consistently(set
   assert sum(low for low, _ in marked) > sum(high for _, high in marked) > 0
 
 
-@pytest.mark.slow  # Runs main.py, which compiles U-Net inference.
-def test_main_predict_takes_threshold_and_probabilities_flags(setup, tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
+def _workdir(setup, folder) -> str:
+  """A workdir whose best checkpoint is `setup`'s model, its threshold 0.5."""
   from unet_flax import checkpointing  # pylint: disable=g-import-not-at-top
-  model, variables, config = setup
-  workdir = str(tmp_path / 'run')
-  checkpointing.save_config(config, workdir)
-  checkpoints = checkpointing.Checkpoints(workdir, keep=1)
+  _, variables, config = setup
+  checkpointing.save_config(config, str(folder))
+  checkpoints = checkpointing.Checkpoints(str(folder), keep=1)
   checkpoints.save_best(1, variables, {'epoch': 1, 'step': 1, 'threshold': 0.5})
   checkpoints.close()
-  Image.fromarray(_noise((40, 50))).save(tmp_path / 'scan.png')
+  return str(folder)
+
+
+def _main(*args):
+  """main.py in a subprocess; asserts that it succeeds."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run(
-      [sys.executable, 'main.py', '--mode=predict', f'--workdir={workdir}',
-       f'--input={tmp_path / "scan.png"}', f'--output={tmp_path / "out"}', '--threshold=0.25',
-       '--probabilities', '--cams=false'], cwd=root, capture_output=True, text=True,
-      timeout=300)
+  result = subprocess.run([sys.executable, 'main.py', *args], cwd=root, capture_output=True,
+                          text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.slow  # Runs main.py, which compiles U-Net inference.
+def test_main_predict_takes_threshold_and_probabilities_flags(setup, tmp_path):
+  workdir = _workdir(setup, tmp_path / 'run')
+  Image.fromarray(_noise((40, 50))).save(tmp_path / 'scan.png')
+  _main('--mode=predict', f'--workdir={workdir}', f'--input={tmp_path / "scan.png"}',
+        f'--output={tmp_path / "out"}', '--threshold=0.25', '--probabilities', '--cams=false')
   assert float(_csv_rows(tmp_path / 'out')[0]['threshold']) == 0.25
   probability = np.asarray(Image.open(tmp_path / 'out/scan_probability.png'))
   assert probability.shape == (40, 50)
   mask = _written_mask(tmp_path / 'out', str(tmp_path / 'scan.png')) > 0
   assert mask.any() and np.all(probability[mask] > 0.25 * predict.PROBABILITY_SCALE - 1)
+
+
+@pytest.mark.slow  # Compiles Grad-CAM, in-process and in main.py.
+def test_gradcam_explains_the_mask_at_the_threshold_given(setup, tmp_path):
+  """The region each map explains is the mask at --threshold: near 0 lesion scans get one,
+  near 1 none does (this untrained model's probabilities lie between), so every lesion
+  scan counts as a miss."""
+  workdir = _workdir(setup, tmp_path / 'run')
+
+  def report(folder):
+    with open(folder / 'pointing_game.json') as f:
+      return json.load(f)
+
+  gradcam_report.gradcam_workdir(workdir, None, 'test', 'synthetic', str(tmp_path / 'low'),
+                                 ['decoder_0'], max_images=0, threshold=1e-6)
+  _main('--mode=gradcam', f'--workdir={workdir}', '--split=test', '--layers=decoder_0',
+        '--max_images=0', '--threshold=0.999999', f'--output={tmp_path / "high"}')
+  low, high = report(tmp_path / 'low'), report(tmp_path / 'high')
+  assert (low['threshold'], high['threshold']) == (1e-6, 0.999999)
+  assert low['lesion_images'] == high['lesion_images'] > 0
+  assert low['empty_prediction'] < low['lesion_images'] == high['empty_prediction']
+  assert high['pointing_game'] == {'decoder_0': 0.0}

@@ -84,6 +84,8 @@ CASES = [
      'FATAL --mode=predict needs --input (files, folders or globs) and --output (a folder).'),
     (['--mode=predict', '--workdir={workdir}', '--input=x', '--output=y', '--threshold=1'],
      'FATAL --threshold=1.0 must be in (0, 1).'),
+    (['--mode=gradcam', '--workdir={workdir}', '--threshold=0'],
+     'FATAL --threshold=0.0 must be in (0, 1).'),
     (['--mode=gradcam', '--workdir={workdir}', '--max_images=-1'],
      'FATAL flag --max_images=-1: -1 is not a non-negative integer'),
     (['--mode=evaluate', '--workdir={workdir}', '--dataset=bussi'],
