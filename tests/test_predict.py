@@ -1,7 +1,9 @@
-"""predict_files on every input format, BUSI-layout folders and broken files; its batched,
-streamed outputs against the per-image path; predictions.csv; the Grad-CAM report's
-gradcam_split, which draws the maps predict draws."""
+"""predict_files on every input format, BUSI-layout folders, broken files and inputs whose
+outputs would share a name; its batched, streamed outputs against the per-image path;
+predictions.csv; the Grad-CAM report, which draws the maps predict draws."""
+from concurrent import futures
 import csv
+import functools
 import json
 import logging
 import os
@@ -87,6 +89,38 @@ def test_busi_masks_are_ground_truth_and_not_inputs(tmp_path):
   _, problems = predict.expand_inputs([str(tmp_path / '*.gif')])
   assert problems == [f'{tmp_path / "*.gif"}: no scan found (.png .jpg .jpeg .bmp .tif .tiff '
                       '.dcm)']
+
+
+def _scans_read(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """(output names of the scans predict would write, [(refused input, reason)]) of `paths`,
+  read and batched as predict_files does, without a network."""
+  inputs, _ = predict.expand_inputs(paths)
+  read = functools.partial(predict._read, size=SIZE, with_truth=False)
+  refused = []
+  with futures.ThreadPoolExecutor(1) as reader:
+    batches = list(predict._readable_batches(predict._read_ahead(reader, inputs, read, 2), 4,
+                                             lambda *failure: refused.append(failure)))
+  return [scan.name for batch in batches for scan in batch], refused
+
+
+def test_an_input_whose_outputs_an_earlier_one_writes_is_refused_naming_both(tmp_path):
+  from dicom_fixtures import write_dicom  # pylint: disable=g-import-not-at-top
+  write_dicom(tmp_path / 'X.dcm', _noise((3, 20, 30)))  # Frames X_frame001 ... X_frame003.
+  for name in ('X_frame002.png', 'a.png', 'a.tif'):
+    Image.fromarray(_noise((20, 30))).save(tmp_path / name)
+  loop, frame, png, tif = (str(tmp_path / name) for name in (
+      'X.dcm', 'X_frame002.png', 'a.png', 'a.tif'))
+  names, refused = _scans_read([str(tmp_path)])
+  assert names == ['X_frame001', 'X_frame002', 'X_frame003', 'a']
+  assert refused == [
+      (frame, f"{frame}: output name 'X_frame002' is already used by frame 2 of {loop!r}; "
+              'rename one'),
+      (tif, f"{tif}: output name 'a' is already used by {png!r}; rename one")]
+  # Listed first, the single frame keeps its name, and the whole loop is refused.
+  names, refused = _scans_read([frame, loop])
+  assert names == ['X_frame002']
+  assert refused == [(loop, f"{loop}: output name 'X_frame002' is already used by {frame!r}; "
+                            'rename one')]
 
 
 def test_ground_truth_is_the_union_of_mask_files(tmp_path, capsys):
