@@ -3,7 +3,8 @@
 Each case runs main.py as a user would; none needs data or a trained model, and the checks
 come before TensorFlow (and, without a workdir, before JAX) is imported, so each takes a
 fraction of a second to about three. A download folder that holds no data shows only when the
-data are loaded, a few seconds later: its FATAL line (exit status 1) names the flag to set.
+data are loaded, a few seconds later: its FATAL line (exit status 1) names the flags that set
+it in that mode.
 """
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from configs import synthetic
 from unet_flax import checkpointing
+from unet_flax import model as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ['--config=configs/synthetic.py', '--workdir={tmp}/run']
@@ -26,8 +28,24 @@ def workdir(tmp_path_factory):
   return path
 
 
-def _main(args, tmp_path, workdir):
-  args = [arg.format(tmp=tmp_path, workdir=workdir) for arg in args]
+@pytest.fixture(scope='module')
+def mixed(tmp_path_factory):
+  """A workdir whose best checkpoint is an untrained model of BUS-BRA + BUS-UCLM, neither of
+  them downloaded here: evaluate and gradcam load the model, then miss the data."""
+  path = str(tmp_path_factory.mktemp('mixed'))
+  config = synthetic.get_config()
+  config.data.source = 'busbra+bus_uclm'
+  checkpointing.save_config(config, path)
+  variables = model_lib.init_variables(model_lib.create_model(config.model), 0,
+                                       config.data.image_size)
+  checkpoints = checkpointing.Checkpoints(path, keep=1)
+  checkpoints.save_best(1, variables, {'epoch': 1, 'step': 1, 'val_all_images_dice': 0.5})
+  checkpoints.close()
+  return path
+
+
+def _main(args, tmp_path, workdir, **places):
+  args = [arg.format(tmp=tmp_path, workdir=workdir, **places) for arg in args]
   return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True,
                         text=True, timeout=120)
 
@@ -100,6 +118,15 @@ CASES = [
     (['--mode=evaluate', '--workdir={workdir}', '--split=test[:50%]'],
      "FATAL --split='test[:50%]': expected split names (train, validation, test) joined by "
      '"+", e.g. "train+validation" (the synthetic dataset has no slices).'),
+    # --manual_dir is a copy of the one dataset read; the release model reads three.
+    (['--mode=evaluate', '--manual_dir={tmp}/busbra'],
+     'FATAL --manual_dir={tmp}/busbra is a copy of one dataset, but --mode=evaluate reads '
+     'busi+busbra+bus_uclm here: name the one it holds, '
+     '--dataset=<busi|busbra|bus_uclm|folder>.'),
+    (['--mode=gradcam', '--workdir={workdir}', '--manual_dir={tmp}/scans'],
+     'FATAL --manual_dir={tmp}/scans is a copy of one dataset, but the synthetic dataset is '
+     'generated, not read from files: name the one it holds, '
+     '--dataset=<busi|busbra|bus_uclm|folder>.'),
 ]
 
 
@@ -109,34 +136,67 @@ def test_mistake_ends_in_one_fatal_line_with_status_2(args, fatal, tmp_path, wor
   result = _main(args, tmp_path, workdir)
   assert (result.returncode, result.stdout) == (2, ''), result.stderr[-2000:]
   lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(fatal), result.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith(fatal.format(tmp=tmp_path)), (
+      result.stderr[-2000:])
   assert not (tmp_path / 'run').exists()  # Nothing was written.
 
 
+def _not_built(name: str, download: str, reason: str) -> str:
+  return (f'{name} is not built in the TFDS data dir {{tfds}} ({{tfds_flag}}), and {download} '
+          f'cannot build it (set {{flag}}): {reason}')
+
+
+def _no_folder(name: str, download: str) -> str:
+  return _not_built(name, download, f'The manual dir {download} does not exist; it must be the '
+                    f'folder holding the images of {name!r}.')
+
+
+_NO_BUSI = _not_built('busi', '{home}/busi', 'No BUSI dataset found in the manual dir '
+                      '{home}/busi.')
+_NO_BUSBRA = _no_folder('busbra', '{home}/busbra/BUSBRA')
+_NO_BUS_UCLM = _no_folder('bus_uclm', '{home}/bus_uclm/BUS-UCLM')
+_NO_FOLDER = 'The folder dataset has no folder: {flag}=<your images and masks>.'
+_CONFIG_TFDS = '--config.data.tfds_data_dir'
+_EVALUATE = ['--mode=evaluate', '--workdir={mixed}']
+# (arguments, FATAL line or its start, the flag that sets the download, the TFDS data dir's).
 MISSING_DOWNLOADS = [
-    # Without --config, evaluate takes the folder from --manual_dir (here for the repository's
-    # release model); with one, the config field is the flag.
-    (['--mode=evaluate', '--dataset=busbra', '--manual_dir={tmp}/no_busbra',
-      '--output={tmp}/reports'],
-     'busbra is not built in the TFDS data dir {tmp}/reports/eval/tfds '
-     '(config.data.tfds_data_dir), and {tmp}/no_busbra cannot build it (set --manual_dir): '),
+    # Train: every setting is a config field.
     ([*TRAIN, '--config.data.source=busbra', '--config.data.busbra_dir={tmp}/no_busbra'],
-     'and {tmp}/no_busbra cannot build it (set --config.data.busbra_dir): '),
-    ([*TRAIN, '--config.data.source=folder'],
-     'data.source names "folder" but no folder is set: '
-     '--config.data.folder.dir=<your images and masks>.'),
+     _no_folder('busbra', '{tmp}/no_busbra'), '--config.data.busbra_dir', _CONFIG_TFDS),
+    ([*TRAIN, '--config.data.source=bus_uclm'], _NO_BUS_UCLM,
+     '--config.data.bus_uclm_dir', _CONFIG_TFDS),
+    ([*TRAIN, '--config.data.source=busi'], _NO_BUSI, '--config.data.manual_dir', _CONFIG_TFDS),
+    ([*TRAIN, '--config.data.source=folder'], _NO_FOLDER, '--config.data.folder.dir', None),
+    # Evaluate and gradcam take the copy of the one dataset they read from --manual_dir (here
+    # for the repository's release model, built under its report folder).
+    (['--mode=evaluate', '--dataset=busbra', '--manual_dir={tmp}/no_busbra',
+      '--output={tmp}/reports'], _no_folder('busbra', '{tmp}/no_busbra').replace(
+          '{tfds}', '{tmp}/reports/eval/tfds'), '--manual_dir', '--tfds_data_dir'),
+    ([*_EVALUATE, '--dataset=bus_uclm'], _NO_BUS_UCLM, '--manual_dir', '--tfds_data_dir'),
+    ([*_EVALUATE, '--dataset=folder'], _NO_FOLDER, '--manual_dir', None),
+    (['--mode=gradcam', '--workdir={mixed}'], _NO_BUSBRA, '--manual_dir', '--tfds_data_dir'),
+    # Evaluating each dataset of a model: the first missing one is named with its dataset.
+    (_EVALUATE, _NO_BUSBRA, '--dataset=busbra --manual_dir', '--tfds_data_dir'),
+    (['--mode=evaluate', '--output={tmp}/reports'], _NO_BUSI, '--dataset=busi --manual_dir',
+     '--tfds_data_dir'),
+    ([*_EVALUATE, '--config=configs/synthetic.py', '--config.data.source=busbra+bus_uclm'],
+     _NO_BUSBRA, '--config.data.busbra_dir', '--tfds_data_dir'),
 ]
 
 
-@pytest.mark.parametrize('args, fatal', MISSING_DOWNLOADS, ids=[
-    ' '.join(args).replace('{tmp}/', '') for args, _ in MISSING_DOWNLOADS])
-def test_missing_download_names_the_flag_that_sets_it(args, fatal, tmp_path, workdir):
-  """The data layer names the config field; main.py the flag that sets it on this command
-  line."""
-  result = _main(args, tmp_path, workdir)
+@pytest.mark.parametrize('args, fatal, flag, tfds_flag', MISSING_DOWNLOADS, ids=[
+    ' '.join(args).replace('{tmp}/', '') for args, *_ in MISSING_DOWNLOADS])
+def test_missing_download_names_the_flag_that_sets_it(args, fatal, flag, tfds_flag, tmp_path,
+                                                      workdir, mixed):
+  """The data layer names the config fields; main.py the flags that set them in this mode."""
+  result = _main(args, tmp_path, workdir, mixed=mixed)
   lines = [line for line in result.stderr.splitlines() if line.startswith('FATAL ')]
   assert (result.returncode, result.stdout, len(lines)) == (1, '', 1), result.stderr[-2000:]
-  assert fatal.format(tmp=tmp_path) in lines[0], lines[0]
+  fatal = fatal.format(tmp=tmp_path, home=os.environ['HOME'], flag=flag, tfds_flag=tfds_flag,
+                       tfds=os.environ['TFDS_DATA_DIR'])
+  assert lines[0].startswith(f'FATAL {fatal}'), lines[0]
+  if '--mode=evaluate' not in args and '--mode=gradcam' not in args:
+    assert '--manual_dir' not in result.stderr  # A flag of evaluate and gradcam only.
   assert not os.listdir(tmp_path)  # Nothing was written: no run, no report, no build.
 
 

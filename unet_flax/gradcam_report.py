@@ -72,16 +72,15 @@ def gradcam_split(model, variables, config, batches, output_dir: str,
   return scores
 
 
-def gradcam_workdir(workdir: str, config, split: str, dataset: str | None, output_dir: str,
+def gradcam_workdir(workdir: str, config, split: str, dataset: str, output_dir: str,
                     layers: list[str], max_images: int,
                     threshold: float | None = None) -> dict[str, float]:
   """--mode=gradcam: the workdir's best checkpoint, or a release model folder, on a split
-  expression of `dataset` (by default the first dataset it was trained on); each map
-  explains the mask at `threshold` if given, else at the model's."""
+  expression of `dataset`; each map explains the mask at `threshold` if given, else at the
+  model's."""
   config, model, variables, _ = release.load_model(workdir, config, threshold)
-  source = dataset or input_pipeline.sources(config.data)[0]
   batches = input_pipeline.eval_batches(
-      input_pipeline.load_split(config.data, split, source=source), config.data,
+      input_pipeline.load_split(config.data, split, source=dataset), config.data,
       batch_size=config.eval.batch_size)
   return gradcam_split(model, variables, config, batches, output_dir, tuple(layers),
                        max_images)
