@@ -63,8 +63,7 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str, manual_dir: str,
   """
   source = source or manual_dir
   if builder.is_prepared():
-    provenance.check(builder.data_dir, source, reading, f'config.data.{field}',
-                     exclude=data_dir)
+    provenance.check(builder.data_dir, source, reading, field, exclude=data_dir)
     return builder
   name = builder.builder_config.name if builder.builder_config else builder.name
   try:

@@ -2,11 +2,12 @@
 
 Each case runs main.py as a user would; none needs data or a trained model, and the checks
 come before TensorFlow (and, without a workdir, before JAX) is imported, so each takes a
-fraction of a second to about three. A download folder that holds no data shows only when the
-data are loaded, a few seconds later: its FATAL line (exit status 1) names the flags that set
-it in that mode.
+fraction of a second to about three. A download folder that holds no data, or other data than
+its build, shows only when the data are loaded, a few seconds later: its FATAL line (exit
+status 1) names the flags that set them in that mode.
 """
 import os
+import shutil
 import subprocess
 import sys
 
@@ -198,6 +199,30 @@ def test_missing_download_names_the_flag_that_sets_it(args, fatal, flag, tfds_fl
   if '--mode=evaluate' not in args and '--mode=gradcam' not in args:
     assert '--manual_dir' not in result.stderr  # A flag of evaluate and gradcam only.
   assert not os.listdir(tmp_path)  # Nothing was written: no run, no report, no build.
+
+
+def test_a_stale_build_names_the_flags_that_set_the_copy_and_its_build(tmp_path, workdir,
+                                                                        mixed):
+  """A build of one copy of a folder dataset, evaluated with --manual_dir at another copy."""
+  from data import input_pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow.
+  from test_datasets_end_to_end import _write_folder_dataset  # pylint: disable=g-import-not-at-top
+  built = _write_folder_dataset(str(tmp_path / 'scans'), num=9)
+  config = synthetic.get_config().data  # The folder options of `mixed`'s config.
+  config.source, config.folder.dir, config.tfds_data_dir = 'folder', built, str(tmp_path / 'tfds')
+  input_pipeline.load_split(config, 'test')
+  copy = str(shutil.copytree(built, tmp_path / 'copy'))
+  shutil.copy(tmp_path / 'copy' / 'scan_0.png', tmp_path / 'copy' / 'scan_9.png')
+  shutil.copy(tmp_path / 'copy' / 'scan_0_mask.png', tmp_path / 'copy' / 'scan_9_mask.png')
+  result = _main(['--mode=evaluate', '--workdir={mixed}', '--dataset=folder',
+                  f'--manual_dir={copy}', '--tfds_data_dir={tmp}/tfds'], tmp_path, workdir,
+                 mixed=mixed)
+  lines = [line for line in result.stderr.splitlines() if line.startswith('FATAL ')]
+  assert (result.returncode, result.stdout, len(lines)) == (1, '', 1), result.stderr[-2000:]
+  assert lines[0].startswith(f'FATAL The dataset build {tmp_path}/tfds/seg_folder/'), lines[0]
+  assert lines[0].endswith(
+      f'was made from {built} (18 files), but {copy} (20 files) differs in its files or reading '
+      'options. To use it, give it its own --tfds_data_dir or delete the build to rebuild it; '
+      f'to use the build, set --manual_dir={built}.'), lines[0]
 
 
 def test_help_exits_0_and_shows_the_usage(tmp_path, workdir):
