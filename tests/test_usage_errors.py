@@ -48,7 +48,7 @@ def mixed(tmp_path_factory):
 def _main(args, tmp_path, workdir, **places):
   args = [arg.format(tmp=tmp_path, workdir=workdir, **places) for arg in args]
   return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=120)
+                        text=True, timeout=300)
 
 
 CASES = [
