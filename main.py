@@ -44,10 +44,11 @@ flags.DEFINE_string('split', 'test', 'evaluate/gradcam: TFDS split expression, e
 flags.DEFINE_enum('dataset', None, list(names.SOURCES),
                   'evaluate/gradcam: the dataset to score the model on (default: each one it '
                   'was trained on), e.g. a BUSI model on BUS-BRA.')
-flags.DEFINE_string('manual_dir', None, 'evaluate/gradcam: another copy of that dataset '
-                    '(folder or zip) to evaluate on, instead of the one in the config.')
-flags.DEFINE_string('tfds_data_dir', None, 'evaluate/gradcam: where that copy is built '
-                    '(default: <workdir>/eval/tfds when --manual_dir is given).')
+flags.DEFINE_string('manual_dir', None, 'evaluate/gradcam: another copy (folder or zip) of '
+                    'the one dataset they read (--dataset), instead of the one in the config.')
+flags.DEFINE_string('tfds_data_dir', None, 'evaluate/gradcam: where the data are built '
+                    '(default: the config\'s; <workdir>/eval/tfds when --manual_dir is '
+                    'given).')
 flags.DEFINE_string('compare_to', None, 'evaluate: another workdir whose model is scored on '
                     'the same images; prints and saves the paired per-image differences.')
 flags.DEFINE_list('input', [], 'predict: image files, folders or globs.')
@@ -64,9 +65,9 @@ flags.DEFINE_boolean('cams', True, 'predict: Seg-Grad-CAM maps (X_cam.npy); fals
                      'they show the CAM).')
 flags.DEFINE_boolean('overlays', True, 'predict: overlay figures (X_overlay.png), the slowest '
                      'output to draw.')
-flags.DEFINE_float('threshold', None, 'predict, evaluate: lesion probability threshold, '
-                   '0 < t < 1, instead of the one chosen on validation with the model (lower '
-                   'marks more).')
+flags.DEFINE_float('threshold', None, 'predict, evaluate, gradcam: lesion probability '
+                   'threshold, 0 < t < 1, instead of the one chosen on validation with the '
+                   'model (lower marks more; Grad-CAM explains the mask it gives).')
 flags.DEFINE_boolean('probabilities', False, 'predict: also write X_probability.png, the '
                      'lesion probability of each pixel at the original size as a 16-bit '
                      'grayscale PNG: probability = value / 65535.')
@@ -90,20 +91,32 @@ def _report_root(model_dir):
   return FLAGS.output or os.path.join('runs', os.path.basename(os.path.normpath(model_dir)))
 
 
-def _workdir_config(workdir, report_root=None):
-  """The --config if given, else the workdir's (or release folder's) saved one; data
-  overrides from flags (a data copy is built under `report_root`, by default `workdir`)."""
+def _saved_config(model_dir):
+  """The --config if given, else the workdir's (or release folder's) saved one."""
   from unet_flax import checkpointing
-  config = FLAGS.config or checkpointing.load_config(workdir)
-  if FLAGS.manual_dir:
-    dataset = FLAGS.dataset or 'busi'
-    with config.unlocked():
-      if dataset == 'folder':
-        config.data.folder.dir = FLAGS.manual_dir
-      else:
-        config.data[names.DOWNLOAD_FIELDS[dataset]] = FLAGS.manual_dir
-      config.data.tfds_data_dir = (FLAGS.tfds_data_dir or
-                                   os.path.join(report_root or workdir, 'eval', 'tfds'))
+  return FLAGS.config or checkpointing.load_config(model_dir)
+
+
+def _datasets_read(config) -> tuple[str, ...]:
+  """What evaluate and gradcam read: --dataset, else each dataset the model was trained on
+  (evaluate) or the first one (gradcam)."""
+  if FLAGS.dataset:
+    return (FLAGS.dataset,)
+  datasets = names.sources(config.data)
+  return datasets if FLAGS.mode == 'evaluate' else datasets[:1]
+
+
+def _workdir_config(model_dir, report_root):
+  """`_saved_config` with the data flags: --manual_dir holds the one dataset read, built
+  under --tfds_data_dir (default with --manual_dir: `report_root`/eval/tfds)."""
+  config = _saved_config(model_dir)
+  with config.unlocked():
+    if FLAGS.manual_dir:
+      (dataset,) = _datasets_read(config)  # Several: refused by _check_against_model.
+      config.data.update_from_flattened_dict({names.DOWNLOAD_FIELDS[dataset]: FLAGS.manual_dir})
+      config.data.tfds_data_dir = os.path.join(report_root, 'eval', 'tfds')
+    if FLAGS.tfds_data_dir:
+      config.data.tfds_data_dir = FLAGS.tfds_data_dir
   return config
 
 
@@ -119,7 +132,7 @@ def _evaluate():
     return
   # The other model reads the very same data (folders, builds, folder dataset's naming), at
   # its own input size; its protocol still names what it was trained on.
-  other = _workdir_config(FLAGS.compare_to)
+  other = _saved_config(FLAGS.compare_to)
   with other.unlocked():
     own = {'image_size': other.data.image_size, 'source': other.data.source}
     other.data = config.data.copy_and_resolve_references()
@@ -214,8 +227,7 @@ def _check_against_model() -> None:
   or release folder's saved one), before TensorFlow, data or weights are loaded."""
   if FLAGS.mode not in ('evaluate', 'predict', 'gradcam'):
     return
-  from unet_flax import checkpointing
-  config = FLAGS.config or checkpointing.load_config(_model_dir())
+  config = _saved_config(_model_dir())
   if FLAGS.mode in ('predict', 'gradcam'):
     from unet_flax import model as model_lib
     layers = model_lib.layer_names(config.model.depth)
@@ -225,11 +237,17 @@ def _check_against_model() -> None:
           f'--layers={",".join(FLAGS.layers)}: this model (depth {config.model.depth}) has '
           f'no {", ".join(unknown)}; its layers are {", ".join(layers)}.')
   if FLAGS.mode in ('evaluate', 'gradcam'):
-    datasets = [FLAGS.dataset] if FLAGS.dataset else names.sources(config.data)
+    datasets = _datasets_read(config)
     try:
       names.check_split(FLAGS.split, '--split', slices='synthetic' not in datasets)
     except ValueError as e:
       raise config_checks.ConfigError(str(e)) from None
+    if FLAGS.manual_dir and (len(datasets) > 1 or datasets[0] not in names.DOWNLOAD_FIELDS):
+      reads = (f'--mode={FLAGS.mode} reads {"+".join(datasets)} here' if len(datasets) > 1
+               else 'the synthetic dataset is generated, not read from files')
+      raise config_checks.ConfigError(
+          f'--manual_dir={FLAGS.manual_dir} is a copy of one dataset, but {reads}: name the '
+          f'one it holds, --dataset=<{"|".join(names.DOWNLOAD_FIELDS)}>.')
 
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -254,12 +272,18 @@ def _user_errors() -> tuple[type[Exception], ...]:
           release.ModelMismatchError, onnx_graph.MissingDependencyError)
 
 
-def _download_flag(field: str) -> str:
-  """The flag that sets config.data.<field> here: without a --config, evaluate and gradcam
-  take the download folder from --manual_dir."""
-  if FLAGS.mode in ('evaluate', 'gradcam') and not FLAGS.config:
+def _data_setting(field: str) -> str:
+  """How this command line sets config.data.<field>, for the advice of a data error:
+  evaluate and gradcam take the copy of the one dataset they read from --manual_dir and its
+  build folder from --tfds_data_dir; any other field is a --config override."""
+  if FLAGS.mode not in ('evaluate', 'gradcam'):
+    return f'--config.data.{field}'
+  if field == 'tfds_data_dir':
+    return '--tfds_data_dir'
+  dataset = next(name for name, download in names.DOWNLOAD_FIELDS.items() if download == field)
+  if _datasets_read(_saved_config(_model_dir())) == (dataset,):
     return '--manual_dir'
-  return f'--config.data.{field}'
+  return f'--config.data.{field}' if FLAGS.config else f'--dataset={dataset} --manual_dir'
 
 
 def _run():
@@ -270,9 +294,8 @@ def _run():
     _evaluate()
   elif FLAGS.mode == 'predict':
     from unet_flax import onnx_backend, predict, release
-    config, model, variables, _ = release.load_model(_model_dir(), FLAGS.config)
-    if FLAGS.threshold is not None:  # The user's, instead of the one chosen on validation.
-      config.eval.threshold = FLAGS.threshold
+    config, model, variables, _ = release.load_model(_model_dir(), FLAGS.config,
+                                                     FLAGS.threshold)
     failures = predict.predict_files(
         model, variables, config, FLAGS.input, FLAGS.output, layer=FLAGS.layers[0],
         overlays=FLAGS.overlays, cams=FLAGS.cams, probabilities=FLAGS.probabilities,
@@ -285,9 +308,11 @@ def _run():
     from unet_flax import gradcam_report
     model_dir = _model_dir()
     root = _report_root(model_dir)
-    gradcam_report.gradcam_workdir(model_dir, _workdir_config(model_dir, root), FLAGS.split,
-                                   FLAGS.dataset, FLAGS.output or os.path.join(root, 'gradcam'),
-                                   FLAGS.layers, FLAGS.max_images)
+    config = _workdir_config(model_dir, root)
+    (dataset,) = _datasets_read(config)
+    gradcam_report.gradcam_workdir(model_dir, config, FLAGS.split, dataset,
+                                   FLAGS.output or os.path.join(root, 'gradcam'),
+                                   FLAGS.layers, FLAGS.max_images, FLAGS.threshold)
   elif FLAGS.mode == 'release':
     from unet_flax import release
     manifest = release.export(FLAGS.workdir, FLAGS.output)
@@ -331,8 +356,7 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except
     if FLAGS.verbosity >= 1 or not isinstance(e, _user_errors()):
       raise
-    message = (e.message(_download_flag(e.field)) if isinstance(e, names.MissingDownloadError)
-               else str(e))
+    message = e.message(_data_setting) if isinstance(e, names.DataSettingError) else str(e)
     if isinstance(e, config_checks.ConfigError):
       _usage_error(message)
     sys.exit(f'FATAL {message}')

@@ -157,7 +157,6 @@ def get_config() -> ml_collections.ConfigDict:
   # correctly empty when nothing is left. The smallest lesion drawn in BUSI's training split
   # covers 0.28 % of its image, in BUS-BRA's 0.68 %; keep this well below your own data's.
   evaluate.min_lesion_fraction = 0.001
-  evaluate.split = 'test'  # Used by --mode=evaluate; any TFDS split expression.
   config.benchmark = benchmark = ml_collections.ConfigDict()
   benchmark.steps = 10  # --mode=benchmark: timed steps (after compile and warm-up).
   return config

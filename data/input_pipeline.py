@@ -63,17 +63,16 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str, manual_dir: str,
   """
   source = source or manual_dir
   if builder.is_prepared():
-    provenance.check(builder.data_dir, source, reading, f'config.data.{field}',
-                     exclude=data_dir)
+    provenance.check(builder.data_dir, source, reading, field, exclude=data_dir)
     return builder
   name = builder.builder_config.name if builder.builder_config else builder.name
   try:
     can_build(manual_dir)
   except ValueError as e:
     reason = str(e)
-    raise names_lib.MissingDownloadError(field, lambda flag: (
-        f'{name} is not built in the TFDS data dir {data_dir} (config.data.tfds_data_dir), '
-        f'and {manual_dir} cannot build it (set {flag}): {reason}')) from None
+    raise names_lib.MissingDownloadError(lambda setting: (
+        f'{name} is not built in the TFDS data dir {data_dir} ({setting("tfds_data_dir")}), '
+        f'and {manual_dir} cannot build it (set {setting(field)}): {reason}')) from None
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   provenance.record(builder.data_dir, source, reading, exclude=data_dir)
@@ -88,8 +87,8 @@ def _folder_config(data_config: ml_collections.ConfigDict, source: str):
     return named[source], data_config[names_lib.DOWNLOAD_FIELDS[source]]
   folder = data_config.folder
   if not folder.dir:
-    raise names_lib.MissingDownloadError('folder.dir', lambda flag: (
-        f'data.source names "folder" but no folder is set: {flag}=<your images and masks>.'))
+    raise names_lib.MissingDownloadError(lambda setting: (
+        f'The folder dataset has no folder: {setting("folder.dir")}=<your images and masks>.'))
   def pairs(text):  # 'a=b,c=d' -> (('a', 'b'), ('c', 'd'))
     return tuple(tuple(item.split('=')) for item in text.split(',') if item)
 
@@ -115,10 +114,9 @@ def _load_folder(data_config: ml_collections.ConfigDict, source: str,
   manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
   data_dir = _tfds_data_dir(data_config)
   builder = seg_folder.Builder(config=builder_config, data_dir=data_dir)
-  field = names_lib.DOWNLOAD_FIELDS.get(source, 'folder.dir')
   return _prepare(builder, data_dir, manual_dir,
-                  lambda folder: seg_folder.check(folder, builder_config),
-                  repr(builder_config), field).as_dataset(split=split, shuffle_files=False)
+                  lambda folder: seg_folder.check(folder, builder_config), repr(builder_config),
+                  names_lib.DOWNLOAD_FIELDS[source]).as_dataset(split=split, shuffle_files=False)
 
 
 def _group(example) -> tf.Tensor:

@@ -11,26 +11,30 @@ SPLITS = ('train', 'validation', 'test')
 # Dataset names that `data.source` accepts ('busi+busbra' trains on both). 'folder' is the
 # user's own folder of images and masks, described by `data.folder`.
 SOURCES = ('busi', 'busbra', 'bus_uclm', 'folder', 'synthetic')
-# The config.data field holding each named dataset's download ('folder' has data.folder.dir).
-DOWNLOAD_FIELDS = {'busi': 'manual_dir', 'busbra': 'busbra_dir', 'bus_uclm': 'bus_uclm_dir'}
+# The config.data field holding each dataset's files (the synthetic one is generated).
+DOWNLOAD_FIELDS = {'busi': 'manual_dir', 'busbra': 'busbra_dir', 'bus_uclm': 'bus_uclm_dir',
+                   'folder': 'folder.dir'}
 
 # One term of a TFDS split expression: a split name, optionally sliced ('test[:50%]').
 _SPLIT_TERM = re.compile(r'(?P<name>[\w-]+)(?:\[(?P<slice>[^\]]*)\])?')
 _SLICE = re.compile(r'(-?[\d_.]+(%|shard)?)?(:(-?[\d_.]+(%|shard)?)?)?')
 
 
-class MissingDownloadError(FileNotFoundError):
-  """A dataset that is not built has no usable download where config.data.<`field`> points.
+class DataSettingError(Exception):
+  """A data problem whose remedy is a config.data field the user sets.
 
-  The data layer knows the field, not the command line: `message(flag)` names the setting as
-  the caller lets the user change it (main.py: --manual_dir or --config.data.<field>); str()
-  names the config override.
+  The data layer knows the fields, not the command line: `message(setting)` words the advice
+  with `setting(field)`, how the caller lets the user set config.data.<field> (main.py: the
+  flag of its mode); str() names the config overrides, --config.data.<field>.
   """
 
-  def __init__(self, field: str, message: Callable[[str], str]):
-    self.field = field
+  def __init__(self, message: Callable[[Callable[[str], str]], str]):
     self.message = message
-    super().__init__(message(f'--config.data.{field}'))
+    super().__init__(message(lambda field: f'--config.data.{field}'))
+
+
+class MissingDownloadError(DataSettingError, FileNotFoundError):
+  """A dataset that is not built has no usable download where its config.data field points."""
 
 
 def sources(data_config) -> tuple[str, ...]:

@@ -10,10 +10,12 @@ import hashlib
 import json
 import os
 
+from data import names
+
 FILE = 'source_fingerprint.json'
 
 
-class StaleBuildError(RuntimeError):
+class StaleBuildError(names.DataSettingError, RuntimeError):
   """The TFDS build was made from other files than the configured manual dir holds."""
 
 
@@ -39,10 +41,10 @@ def fingerprint(manual_dir: str, reading: str, exclude: str = '') -> dict:
   return {'manual_dir': manual_dir, 'files': count, 'sha256': digest.hexdigest()}
 
 
-def check(build_dir: str, manual_dir: str, reading: str, flag: str, exclude: str = '') -> None:
+def check(build_dir: str, manual_dir: str, reading: str, field: str, exclude: str = '') -> None:
   """Raises StaleBuildError if the build in `build_dir` came from other files than
-  `manual_dir` holds now. A build without a record, or a manual dir that is gone (the user
-  keeps only the build), passes."""
+  `manual_dir` (config.data.<`field`>) holds now. A build without a record, or a manual dir
+  that is gone (the user keeps only the build), passes."""
   path = os.path.join(build_dir, FILE)
   if not os.path.exists(path) or not os.path.exists(manual_dir):
     return
@@ -50,11 +52,13 @@ def check(build_dir: str, manual_dir: str, reading: str, flag: str, exclude: str
     saved = json.load(f)
   current = fingerprint(manual_dir, reading, exclude)
   if current['sha256'] != saved['sha256']:
-    raise StaleBuildError(
-        f'The dataset build {build_dir} was made from {saved["manual_dir"]} '
-        f'({saved["files"]} files), but {flag} now points at {manual_dir} '
-        f'({current["files"]} files) and the files or their reading options differ. Give this '
-        'copy its own --config.data.tfds_data_dir, or delete the build to rebuild it.')
+    old = saved['manual_dir']
+    back = old != manual_dir and os.path.exists(old)
+    raise StaleBuildError(lambda setting: (
+        f'The dataset build {build_dir} was made from {old} ({saved["files"]} files), but '
+        f'{manual_dir} ({current["files"]} files) differs in its files or reading options. To '
+        f'use it, give it its own {setting("tfds_data_dir")} or delete the build to rebuild it' +
+        (f'; to use the build, set {setting(field)}={old}' if back else '') + '.'))
 
 
 def record(build_dir: str, manual_dir: str, reading: str, exclude: str = '') -> None:

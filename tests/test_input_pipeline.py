@@ -208,10 +208,12 @@ def test_missing_busi_data_fails_fast_and_says_where_it_looked(tmp_path):
   message = str(error.value)
   assert config.tfds_data_dir in message and config.manual_dir in message
   assert 'kaggle' in message.lower()
-  # The config field it names, for a caller that sets it by another flag (main.py).
-  assert error.value.field == 'manual_dir' and '(set --config.data.manual_dir)' in message
-  assert error.value.message('--manual_dir') == message.replace('--config.data.manual_dir',
-                                                                '--manual_dir')
+  assert '(--config.data.tfds_data_dir)' in message
+  assert '(set --config.data.manual_dir)' in message
+  # A caller names the fields as it lets the user set them (main.py: the flags of its mode).
+  assert error.value.message(str.upper) == message.replace(
+      '--config.data.tfds_data_dir', 'TFDS_DATA_DIR').replace('--config.data.manual_dir',
+                                                              'MANUAL_DIR')
 
 
 def test_busi_build_from_a_zip_path_is_sharded_over_processes(tmp_path):

@@ -1,10 +1,14 @@
-"""predict_files on every input format, BUSI-layout folders and broken files; its batched,
-streamed outputs against the per-image path; predictions.csv; the Grad-CAM report's
-gradcam_split, which draws the maps predict draws."""
+"""predict_files on every input format, BUSI-layout folders, broken files and inputs whose
+outputs would share a name; its batched, streamed outputs against the per-image path;
+predictions.csv; the Grad-CAM report, which draws the maps predict draws."""
+from concurrent import futures
 import csv
+import functools
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -85,6 +89,38 @@ def test_busi_masks_are_ground_truth_and_not_inputs(tmp_path):
   _, problems = predict.expand_inputs([str(tmp_path / '*.gif')])
   assert problems == [f'{tmp_path / "*.gif"}: no scan found (.png .jpg .jpeg .bmp .tif .tiff '
                       '.dcm)']
+
+
+def _scans_read(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """(output names of the scans predict would write, [(refused input, reason)]) of `paths`,
+  read and batched as predict_files does, without a network."""
+  inputs, _ = predict.expand_inputs(paths)
+  read = functools.partial(predict._read, size=SIZE, with_truth=False)
+  refused = []
+  with futures.ThreadPoolExecutor(1) as reader:
+    batches = list(predict._readable_batches(predict._read_ahead(reader, inputs, read, 2), 4,
+                                             lambda *failure: refused.append(failure)))
+  return [scan.name for batch in batches for scan in batch], refused
+
+
+def test_an_input_whose_outputs_an_earlier_one_writes_is_refused_naming_both(tmp_path):
+  from dicom_fixtures import write_dicom  # pylint: disable=g-import-not-at-top
+  write_dicom(tmp_path / 'X.dcm', _noise((3, 20, 30)))  # Frames X_frame001 ... X_frame003.
+  for name in ('X_frame002.png', 'a.png', 'a.tif'):
+    Image.fromarray(_noise((20, 30))).save(tmp_path / name)
+  loop, frame, png, tif = (str(tmp_path / name) for name in (
+      'X.dcm', 'X_frame002.png', 'a.png', 'a.tif'))
+  names, refused = _scans_read([str(tmp_path)])
+  assert names == ['X_frame001', 'X_frame002', 'X_frame003', 'a']
+  assert refused == [
+      (frame, f"{frame}: output name 'X_frame002' is already used by frame 2 of {loop!r}; "
+              'rename one'),
+      (tif, f"{tif}: output name 'a' is already used by {png!r}; rename one")]
+  # Listed first, the single frame keeps its name, and the whole loop is refused.
+  names, refused = _scans_read([frame, loop])
+  assert names == ['X_frame002']
+  assert refused == [(loop, f"{loop}: output name 'X_frame002' is already used by {frame!r}; "
+                            'rename one')]
 
 
 def test_ground_truth_is_the_union_of_mask_files(tmp_path, capsys):
@@ -479,27 +515,55 @@ def test_threshold_sets_the_masks_and_probabilities_are_written_consistently(set
   assert sum(low for low, _ in marked) > sum(high for _, high in marked) > 0
 
 
-@pytest.mark.slow  # Runs main.py, which compiles U-Net inference.
-def test_main_predict_takes_threshold_and_probabilities_flags(setup, tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
+def _workdir(setup, folder) -> str:
+  """A workdir whose best checkpoint is `setup`'s model, its threshold 0.5."""
   from unet_flax import checkpointing  # pylint: disable=g-import-not-at-top
-  model, variables, config = setup
-  workdir = str(tmp_path / 'run')
-  checkpointing.save_config(config, workdir)
-  checkpoints = checkpointing.Checkpoints(workdir, keep=1)
+  _, variables, config = setup
+  checkpointing.save_config(config, str(folder))
+  checkpoints = checkpointing.Checkpoints(str(folder), keep=1)
   checkpoints.save_best(1, variables, {'epoch': 1, 'step': 1, 'threshold': 0.5})
   checkpoints.close()
-  Image.fromarray(_noise((40, 50))).save(tmp_path / 'scan.png')
+  return str(folder)
+
+
+def _main(*args):
+  """main.py in a subprocess; asserts that it succeeds."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run(
-      [sys.executable, 'main.py', '--mode=predict', f'--workdir={workdir}',
-       f'--input={tmp_path / "scan.png"}', f'--output={tmp_path / "out"}', '--threshold=0.25',
-       '--probabilities', '--cams=false'], cwd=root, capture_output=True, text=True,
-      timeout=300)
+  result = subprocess.run([sys.executable, 'main.py', *args], cwd=root, capture_output=True,
+                          text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.slow  # Runs main.py, which compiles U-Net inference.
+def test_main_predict_takes_threshold_and_probabilities_flags(setup, tmp_path):
+  workdir = _workdir(setup, tmp_path / 'run')
+  Image.fromarray(_noise((40, 50))).save(tmp_path / 'scan.png')
+  _main('--mode=predict', f'--workdir={workdir}', f'--input={tmp_path / "scan.png"}',
+        f'--output={tmp_path / "out"}', '--threshold=0.25', '--probabilities', '--cams=false')
   assert float(_csv_rows(tmp_path / 'out')[0]['threshold']) == 0.25
   probability = np.asarray(Image.open(tmp_path / 'out/scan_probability.png'))
   assert probability.shape == (40, 50)
   mask = _written_mask(tmp_path / 'out', str(tmp_path / 'scan.png')) > 0
   assert mask.any() and np.all(probability[mask] > 0.25 * predict.PROBABILITY_SCALE - 1)
+
+
+@pytest.mark.slow  # Compiles Grad-CAM, in-process and in main.py.
+def test_gradcam_explains_the_mask_at_the_threshold_given(setup, tmp_path):
+  """The region each map explains is the mask at --threshold: near 0 lesion scans get one,
+  near 1 none does (this untrained model's probabilities lie between), so every lesion
+  scan counts as a miss."""
+  workdir = _workdir(setup, tmp_path / 'run')
+
+  def report(folder):
+    with open(folder / 'pointing_game.json') as f:
+      return json.load(f)
+
+  gradcam_report.gradcam_workdir(workdir, None, 'test', 'synthetic', str(tmp_path / 'low'),
+                                 ['decoder_0'], max_images=0, threshold=1e-6)
+  _main('--mode=gradcam', f'--workdir={workdir}', '--split=test', '--layers=decoder_0',
+        '--max_images=0', '--threshold=0.999999', f'--output={tmp_path / "high"}')
+  low, high = report(tmp_path / 'low'), report(tmp_path / 'high')
+  assert (low['threshold'], high['threshold']) == (1e-6, 0.999999)
+  assert low['lesion_images'] == high['lesion_images'] > 0
+  assert low['empty_prediction'] < low['lesion_images'] == high['empty_prediction']
+  assert high['pointing_game'] == {'decoder_0': 0.0}

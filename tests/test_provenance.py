@@ -35,7 +35,12 @@ def test_a_build_is_refused_once_its_source_folder_changed(tmp_path):
     input_pipeline.load_split(config, 'test')
   message = str(error.value)
   assert str(copy) in message and '9 files' not in message and '18 files' in message
-  assert '--config.data.tfds_data_dir' in message and 'config.data.folder.dir' in message
+  assert 'give it its own --config.data.tfds_data_dir' in message
+  assert f'to use the build, set --config.data.folder.dir={folder}.' in message
+  # A caller names the fields as it lets the user set them (main.py: the flags of its mode).
+  assert error.value.message(str.upper) == message.replace(
+      '--config.data.tfds_data_dir', 'TFDS_DATA_DIR').replace('--config.data.folder.dir',
+                                                              'FOLDER.DIR')
   # Reading the same files with other pairing options is another dataset too.
   config.folder.dir = str(folder)
   config.folder.mask_suffix = '_MASK'

@@ -185,10 +185,11 @@ def test_predict_without_workdir_writes_the_masks_of_the_workdir(trained, tmp_pa
 
 def _initial_state(config, workdir):
   model = model_lib.create_model(config.model)
+  start = train._init_from(config, model, workdir)
   checkpoints = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
   try:
     return train._initial_state(config, model, sharding.create_mesh(), STEPS_PER_EPOCH,
-                                checkpoints, workdir)
+                                checkpoints, workdir, start)
   finally:
     checkpoints.close()
 
@@ -234,6 +235,15 @@ def test_init_from_another_architecture_fails_with_one_line_naming_the_fields(tr
   with pytest.raises(FileNotFoundError, match='config.train.init_from=nowhere: no such folder'):
     release.initial_variables(_config(**{'train.init_from': 'nowhere'}),
                               expected_variables(config))
+
+
+def test_init_from_that_does_not_fit_leaves_no_workdir(trained, tmp_path):
+  _, folder, _ = trained
+  workdir = tmp_path / 'run'
+  with pytest.raises(release.ModelMismatchError, match='holds another architecture'):
+    train.train_and_evaluate(_config(**{'train.init_from': folder, 'model.base_features': 8}),
+                             str(workdir), command=['main.py'])
+  assert not workdir.exists()  # No config.json, commands.jsonl or checkpoint folders.
 
 
 def test_a_workdir_with_a_checkpoint_resumes_instead_of_using_init_from(trained):

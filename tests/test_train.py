@@ -209,6 +209,7 @@ def test_a_workdir_from_before_added_and_removed_fields_reads_unless_it_used_one
   del saved['data']['bus_uclm_dir'], saved['data']['folder']['group_pattern']
   saved['model']['attention_gates'] = False  # A removed option, off.
   saved['data']['normal_fraction'] = 0.0
+  saved['eval']['split'] = 'validation'  # Removed, and never read: any value reads.
   (tmp_path / 'config.json').write_text(json.dumps(saved))
   assert checkpointing.load_config(str(tmp_path)).to_dict() == json.loads(
       config.to_json_best_effort())

@@ -2,10 +2,12 @@
 
 Each case runs main.py as a user would; none needs data or a trained model, and the checks
 come before TensorFlow (and, without a workdir, before JAX) is imported, so each takes a
-fraction of a second to about three. A download folder that holds no data shows only when the
-data are loaded, a few seconds later: its FATAL line (exit status 1) names the flag to set.
+fraction of a second to about three. A download folder that holds no data, or other data than
+its build, shows only when the data are loaded, a few seconds later: its FATAL line (exit
+status 1) names the flags that set them in that mode.
 """
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ import pytest
 
 from configs import synthetic
 from unet_flax import checkpointing
+from unet_flax import model as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ['--config=configs/synthetic.py', '--workdir={tmp}/run']
@@ -26,10 +29,26 @@ def workdir(tmp_path_factory):
   return path
 
 
-def _main(args, tmp_path, workdir):
-  args = [arg.format(tmp=tmp_path, workdir=workdir) for arg in args]
+@pytest.fixture(scope='module')
+def mixed(tmp_path_factory):
+  """A workdir whose best checkpoint is an untrained model of BUS-BRA + BUS-UCLM, neither of
+  them downloaded here: evaluate and gradcam load the model, then miss the data."""
+  path = str(tmp_path_factory.mktemp('mixed'))
+  config = synthetic.get_config()
+  config.data.source = 'busbra+bus_uclm'
+  checkpointing.save_config(config, path)
+  variables = model_lib.init_variables(model_lib.create_model(config.model), 0,
+                                       config.data.image_size)
+  checkpoints = checkpointing.Checkpoints(path, keep=1)
+  checkpoints.save_best(1, variables, {'epoch': 1, 'step': 1, 'val_all_images_dice': 0.5})
+  checkpoints.close()
+  return path
+
+
+def _main(args, tmp_path, workdir, **places):
+  args = [arg.format(tmp=tmp_path, workdir=workdir, **places) for arg in args]
   return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=120)
+                        text=True, timeout=300)
 
 
 CASES = [
@@ -84,6 +103,8 @@ CASES = [
      'FATAL --mode=predict needs --input (files, folders or globs) and --output (a folder).'),
     (['--mode=predict', '--workdir={workdir}', '--input=x', '--output=y', '--threshold=1'],
      'FATAL --threshold=1.0 must be in (0, 1).'),
+    (['--mode=gradcam', '--workdir={workdir}', '--threshold=0'],
+     'FATAL --threshold=0.0 must be in (0, 1).'),
     (['--mode=gradcam', '--workdir={workdir}', '--max_images=-1'],
      'FATAL flag --max_images=-1: -1 is not a non-negative integer'),
     (['--mode=evaluate', '--workdir={workdir}', '--dataset=bussi'],
@@ -98,6 +119,15 @@ CASES = [
     (['--mode=evaluate', '--workdir={workdir}', '--split=test[:50%]'],
      "FATAL --split='test[:50%]': expected split names (train, validation, test) joined by "
      '"+", e.g. "train+validation" (the synthetic dataset has no slices).'),
+    # --manual_dir is a copy of the one dataset read; the release model reads three.
+    (['--mode=evaluate', '--manual_dir={tmp}/busbra'],
+     'FATAL --manual_dir={tmp}/busbra is a copy of one dataset, but --mode=evaluate reads '
+     'busi+busbra+bus_uclm here: name the one it holds, '
+     '--dataset=<busi|busbra|bus_uclm|folder>.'),
+    (['--mode=gradcam', '--workdir={workdir}', '--manual_dir={tmp}/scans'],
+     'FATAL --manual_dir={tmp}/scans is a copy of one dataset, but the synthetic dataset is '
+     'generated, not read from files: name the one it holds, '
+     '--dataset=<busi|busbra|bus_uclm|folder>.'),
 ]
 
 
@@ -107,35 +137,92 @@ def test_mistake_ends_in_one_fatal_line_with_status_2(args, fatal, tmp_path, wor
   result = _main(args, tmp_path, workdir)
   assert (result.returncode, result.stdout) == (2, ''), result.stderr[-2000:]
   lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(fatal), result.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith(fatal.format(tmp=tmp_path)), (
+      result.stderr[-2000:])
   assert not (tmp_path / 'run').exists()  # Nothing was written.
 
 
+def _not_built(name: str, download: str, reason: str) -> str:
+  return (f'{name} is not built in the TFDS data dir {{tfds}} ({{tfds_flag}}), and {download} '
+          f'cannot build it (set {{flag}}): {reason}')
+
+
+def _no_folder(name: str, download: str) -> str:
+  return _not_built(name, download, f'The manual dir {download} does not exist; it must be the '
+                    f'folder holding the images of {name!r}.')
+
+
+_NO_BUSI = _not_built('busi', '{home}/busi', 'No BUSI dataset found in the manual dir '
+                      '{home}/busi.')
+_NO_BUSBRA = _no_folder('busbra', '{home}/busbra/BUSBRA')
+_NO_BUS_UCLM = _no_folder('bus_uclm', '{home}/bus_uclm/BUS-UCLM')
+_NO_FOLDER = 'The folder dataset has no folder: {flag}=<your images and masks>.'
+_CONFIG_TFDS = '--config.data.tfds_data_dir'
+_EVALUATE = ['--mode=evaluate', '--workdir={mixed}']
+# (arguments, FATAL line or its start, the flag that sets the download, the TFDS data dir's).
 MISSING_DOWNLOADS = [
-    # Without --config, evaluate takes the folder from --manual_dir (here for the repository's
-    # release model); with one, the config field is the flag.
-    (['--mode=evaluate', '--dataset=busbra', '--manual_dir={tmp}/no_busbra',
-      '--output={tmp}/reports'],
-     'busbra is not built in the TFDS data dir {tmp}/reports/eval/tfds '
-     '(config.data.tfds_data_dir), and {tmp}/no_busbra cannot build it (set --manual_dir): '),
+    # Train: every setting is a config field.
     ([*TRAIN, '--config.data.source=busbra', '--config.data.busbra_dir={tmp}/no_busbra'],
-     'and {tmp}/no_busbra cannot build it (set --config.data.busbra_dir): '),
-    ([*TRAIN, '--config.data.source=folder'],
-     'data.source names "folder" but no folder is set: '
-     '--config.data.folder.dir=<your images and masks>.'),
+     _no_folder('busbra', '{tmp}/no_busbra'), '--config.data.busbra_dir', _CONFIG_TFDS),
+    ([*TRAIN, '--config.data.source=bus_uclm'], _NO_BUS_UCLM,
+     '--config.data.bus_uclm_dir', _CONFIG_TFDS),
+    ([*TRAIN, '--config.data.source=busi'], _NO_BUSI, '--config.data.manual_dir', _CONFIG_TFDS),
+    ([*TRAIN, '--config.data.source=folder'], _NO_FOLDER, '--config.data.folder.dir', None),
+    # Evaluate and gradcam take the copy of the one dataset they read from --manual_dir (here
+    # for the repository's release model, built under its report folder).
+    (['--mode=evaluate', '--dataset=busbra', '--manual_dir={tmp}/no_busbra',
+      '--output={tmp}/reports'], _no_folder('busbra', '{tmp}/no_busbra').replace(
+          '{tfds}', '{tmp}/reports/eval/tfds'), '--manual_dir', '--tfds_data_dir'),
+    ([*_EVALUATE, '--dataset=bus_uclm'], _NO_BUS_UCLM, '--manual_dir', '--tfds_data_dir'),
+    ([*_EVALUATE, '--dataset=folder'], _NO_FOLDER, '--manual_dir', None),
+    (['--mode=gradcam', '--workdir={mixed}'], _NO_BUSBRA, '--manual_dir', '--tfds_data_dir'),
+    # Evaluating each dataset of a model: the first missing one is named with its dataset.
+    (_EVALUATE, _NO_BUSBRA, '--dataset=busbra --manual_dir', '--tfds_data_dir'),
+    (['--mode=evaluate', '--output={tmp}/reports'], _NO_BUSI, '--dataset=busi --manual_dir',
+     '--tfds_data_dir'),
+    ([*_EVALUATE, '--config=configs/synthetic.py', '--config.data.source=busbra+bus_uclm'],
+     _NO_BUSBRA, '--config.data.busbra_dir', '--tfds_data_dir'),
 ]
 
 
-@pytest.mark.parametrize('args, fatal', MISSING_DOWNLOADS, ids=[
-    ' '.join(args).replace('{tmp}/', '') for args, _ in MISSING_DOWNLOADS])
-def test_missing_download_names_the_flag_that_sets_it(args, fatal, tmp_path, workdir):
-  """The data layer names the config field; main.py the flag that sets it on this command
-  line."""
-  result = _main(args, tmp_path, workdir)
+@pytest.mark.parametrize('args, fatal, flag, tfds_flag', MISSING_DOWNLOADS, ids=[
+    ' '.join(args).replace('{tmp}/', '') for args, *_ in MISSING_DOWNLOADS])
+def test_missing_download_names_the_flag_that_sets_it(args, fatal, flag, tfds_flag, tmp_path,
+                                                      workdir, mixed):
+  """The data layer names the config fields; main.py the flags that set them in this mode."""
+  result = _main(args, tmp_path, workdir, mixed=mixed)
   lines = [line for line in result.stderr.splitlines() if line.startswith('FATAL ')]
   assert (result.returncode, result.stdout, len(lines)) == (1, '', 1), result.stderr[-2000:]
-  assert fatal.format(tmp=tmp_path) in lines[0], lines[0]
+  fatal = fatal.format(tmp=tmp_path, home=os.environ['HOME'], flag=flag, tfds_flag=tfds_flag,
+                       tfds=os.environ['TFDS_DATA_DIR'])
+  assert lines[0].startswith(f'FATAL {fatal}'), lines[0]
+  if '--mode=evaluate' not in args and '--mode=gradcam' not in args:
+    assert '--manual_dir' not in result.stderr  # A flag of evaluate and gradcam only.
   assert not os.listdir(tmp_path)  # Nothing was written: no run, no report, no build.
+
+
+def test_a_stale_build_names_the_flags_that_set_the_copy_and_its_build(tmp_path, workdir,
+                                                                        mixed):
+  """A build of one copy of a folder dataset, evaluated with --manual_dir at another copy."""
+  from data import input_pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow.
+  from test_datasets_end_to_end import _write_folder_dataset  # pylint: disable=g-import-not-at-top
+  built = _write_folder_dataset(str(tmp_path / 'scans'), num=9)
+  config = synthetic.get_config().data  # The folder options of `mixed`'s config.
+  config.source, config.folder.dir, config.tfds_data_dir = 'folder', built, str(tmp_path / 'tfds')
+  input_pipeline.load_split(config, 'test')
+  copy = str(shutil.copytree(built, tmp_path / 'copy'))
+  shutil.copy(tmp_path / 'copy' / 'scan_0.png', tmp_path / 'copy' / 'scan_9.png')
+  shutil.copy(tmp_path / 'copy' / 'scan_0_mask.png', tmp_path / 'copy' / 'scan_9_mask.png')
+  result = _main(['--mode=evaluate', '--workdir={mixed}', '--dataset=folder',
+                  f'--manual_dir={copy}', '--tfds_data_dir={tmp}/tfds'], tmp_path, workdir,
+                 mixed=mixed)
+  lines = [line for line in result.stderr.splitlines() if line.startswith('FATAL ')]
+  assert (result.returncode, result.stdout, len(lines)) == (1, '', 1), result.stderr[-2000:]
+  assert lines[0].startswith(f'FATAL The dataset build {tmp_path}/tfds/seg_folder/'), lines[0]
+  assert lines[0].endswith(
+      f'was made from {built} (18 files), but {copy} (20 files) differs in its files or reading '
+      'options. To use it, give it its own --tfds_data_dir or delete the build to rebuild it; '
+      f'to use the build, set --manual_dir={built}.'), lines[0]
 
 
 def test_help_exits_0_and_shows_the_usage(tmp_path, workdir):

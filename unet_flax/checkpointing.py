@@ -106,6 +106,16 @@ class Checkpoints:
     self.best.close()
 
 
+def latest_step(workdir: str) -> int | None:
+  """The step of the workdir's newest complete checkpoint, None if there is none to resume;
+  creates nothing."""
+  checkpoints = Checkpoints(workdir)
+  try:
+    return checkpoints.latest.latest_step()
+  finally:
+    checkpoints.close()
+
+
 # The layout of config.json this code reads; bump it when a field's meaning changes or a field
 # the model or evaluation needs is added. Workdirs of another layout are refused by name
 # rather than silently read with today's defaults.
@@ -178,9 +188,11 @@ _ADDED_FIELDS = ('data.bus_uclm_dir', 'data.folder.csv_delimiter', 'data.folder.
 
 # Options measured, not adopted and removed (docs/experiments.md), with the value that meant
 # "off": a workdir trained with one off reads as if it never had it; one that used it is
-# refused, since this code would run another model or data than it trained.
+# refused, since this code would run another model or data than it trained. A field no code
+# ever read (None: eval.split, where evaluate takes --split) goes whatever it holds.
 _REMOVED_FIELDS = {'data.normal_fraction': 0.0, 'data.lesion_free_crops': 0.0,
-                   'data.augment.frame_crop': 0.0, 'model.attention_gates': False}
+                   'data.augment.frame_crop': 0.0, 'model.attention_gates': False,
+                   'eval.split': None}
 
 
 def _node(config: ml_collections.ConfigDict, dotted: str):
@@ -210,7 +222,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   for name, off in _REMOVED_FIELDS.items():
     node, field = _node(config, name)
     if field in node:
-      if node[field] != off:
+      if off is not None and node[field] != off:
         raise WorkdirMismatchError(
             f'{path} was trained with config.{name}={node[field]}, an option this busi-unet '
             'no longer has (docs/experiments.md says why). Use the busi-unet release that '

@@ -195,10 +195,9 @@ def evaluate_workdir(workdir: str, config, split: str, dataset: str | None = Non
   accepts), or of each dataset it was trained on, its network run by `backend`
   (`onnx_backend.BACKENDS`), at `threshold` if given, else the model's; reports go under
   `report_root` (default: the workdir). {dataset: summary}."""
-  config, model, variables, best = release.load_model(workdir, config)
+  config, model, variables, best = release.load_model(workdir, config, threshold)
   note = f'best of {workdir}, {best_note(best)}'
   if threshold is not None:
-    config.eval.threshold = threshold
     note += f'; evaluated at threshold {threshold:g}, given on the command line'
   predictor = Predictor(model, sharding.create_mesh(), config.eval.batch_size,
                         config.eval.flip_tta,

@@ -65,21 +65,22 @@ def gradcam_split(model, variables, config, batches, output_dir: str,
   lesions = len(hits[layers[0]])
   with open(os.path.join(output_dir, 'pointing_game.json'), 'w') as f:
     json.dump({'pointing_game': scores, 'lesion_images': lesions,
-               'empty_prediction': empty}, f, indent=2)
+               'empty_prediction': empty, 'threshold': config.eval.threshold}, f, indent=2)
   for layer, score in scores.items():
     print(f'Pointing game, {layer}: {score:.3f} of {lesions} lesion images '
           f'({empty} without a predicted lesion count as misses)')
   return scores
 
 
-def gradcam_workdir(workdir: str, config, split: str, dataset: str | None, output_dir: str,
-                    layers: list[str], max_images: int) -> dict[str, float]:
+def gradcam_workdir(workdir: str, config, split: str, dataset: str, output_dir: str,
+                    layers: list[str], max_images: int,
+                    threshold: float | None = None) -> dict[str, float]:
   """--mode=gradcam: the workdir's best checkpoint, or a release model folder, on a split
-  expression of `dataset` (by default the first dataset it was trained on)."""
-  config, model, variables, _ = release.load_model(workdir, config)
-  source = dataset or input_pipeline.sources(config.data)[0]
+  expression of `dataset`; each map explains the mask at `threshold` if given, else at the
+  model's."""
+  config, model, variables, _ = release.load_model(workdir, config, threshold)
   batches = input_pipeline.eval_batches(
-      input_pipeline.load_split(config.data, split, source=source), config.data,
+      input_pipeline.load_split(config.data, split, source=dataset), config.data,
       batch_size=config.eval.batch_size)
   return gradcam_split(model, variables, config, batches, output_dir, tuple(layers),
                        max_images)

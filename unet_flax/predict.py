@@ -92,17 +92,6 @@ def expand_inputs(paths: list[str]) -> tuple[list[tuple[str, list[str]]], list[s
   return inputs, problems
 
 
-def _unique_outputs(inputs):
-  """Drops inputs whose output names `X_*` an earlier input already takes; returns (kept
-  inputs, [(dropped path, reason)])."""
-  owners = {}
-  for path, _ in inputs:
-    owners.setdefault(_stem(path), path)
-  dropped = [(path, f'output name {_stem(path)!r} is already used by {owners[_stem(path)]!r}')
-             for path, _ in inputs if owners[_stem(path)] != path]
-  return [(p, m) for p, m in inputs if owners[_stem(p)] == p], dropped
-
-
 def ground_truth(mask_paths: list[str], shape: tuple[int, int], name: str):
   """The union of the mask files of the scan `name` of (H, W) `shape`, read as the builders
   read masks; None if there are none, or if any is unusable (said on stderr): the overlay
@@ -174,15 +163,33 @@ def _read_ahead(reader: futures.Executor, inputs, read, ahead: int):
   yield from pending
 
 
+def _clash(scans: list[_Scan], owners: dict[str, tuple[str, int | None]]) -> str | None:
+  """Why one input's `scans` cannot be written: an output name that `owners` (output name ->
+  (path, frame) of the scan that took it) already holds, e.g. of `a.png` for `a.tif`, or of
+  frame 1 of a multi-frame `X.dcm` for `X_frame001.png`. Else None, and the names are taken."""
+  for scan in scans:
+    if scan.name in owners:
+      path, frame = owners[scan.name]
+      owner = repr(path) if frame is None else f'frame {frame} of {path!r}'
+      return f'{scan.path}: output name {scan.name!r} is already used by {owner}; rename one'
+  owners.update((scan.name, (scan.path, scan.frame)) for scan in scans)
+  return None
+
+
 def _readable_batches(reads, batch_size: int, on_failure):
-  """Lists of up to `batch_size` _Scans in input order; an unreadable input goes to
-  `on_failure(path, reason)` and the next readable scans take its place in the batch."""
-  batch = []
+  """Lists of up to `batch_size` _Scans in input order; an unreadable input, or one whose
+  outputs would overwrite an earlier input's (`_clash`), goes to `on_failure(path, reason)`
+  and the next readable scans take its place in the batch."""
+  batch, owners = [], {}
   for path, read in reads:
     try:
       scans = read.result()
     except scan_files.ImageReadError as e:
       on_failure(path, str(e))
+      continue
+    clash = _clash(scans, owners)
+    if clash:
+      on_failure(path, clash)
       continue
     for scan in scans:
       batch.append(scan)
@@ -307,12 +314,12 @@ def predict_files(model, variables, config, paths: list[str], output_dir: str,
   and `X_probability.png` (if `probabilities`: the lesion probability as a 16-bit grayscale
   PNG, probability = value / 65535, the mask being it above the threshold less specks), all
   at the original size; `predictions.csv` has a row per scan, in input and frame order.
-  Unreadable files are reported and skipped. One thread decodes the next batch and another
+  Unreadable files, and files whose outputs would overwrite an earlier one's (`_clash`), are
+  reported and skipped. One thread decodes the next batch and another
   writes the last one while the network runs, so a folder streams at the network's pace.
   `network` (an `onnx_backend.OnnxNetwork`) computes the logits instead of JAX.
   """
-  listed, problems = expand_inputs(paths)
-  inputs, dropped = _unique_outputs(listed)
+  inputs, problems = expand_inputs(paths)
   _check_output_dir(output_dir, inputs)
   os.makedirs(output_dir, exist_ok=True)
   for problem in problems:
@@ -320,12 +327,10 @@ def predict_files(model, variables, config, paths: list[str], output_dir: str,
   overlay = overlays and cams
   batch_size = max(1, min(config.eval.batch_size, len(inputs)))
   read = functools.partial(_read, size=config.data.image_size, with_truth=overlay)
-  with (progress.progress_bar(total=len(listed), unit='image',
-                             disable=len(listed) <= batch_size) as bar,
+  with (progress.progress_bar(total=len(inputs), unit='image',
+                             disable=len(inputs) <= batch_size) as bar,
         futures.ThreadPoolExecutor(1) as reader, futures.ThreadPoolExecutor(1) as writer):
     outcomes = _Outcomes(bar)
-    for path, reason in dropped:
-      outcomes.failed(path, f'{path}: {reason}')
     writes = collections.deque()
     for scans in _readable_batches(_read_ahead(reader, inputs, read, batch_size), batch_size,
                                    outcomes.failed):
@@ -341,6 +346,6 @@ def predict_files(model, variables, config, paths: list[str], output_dir: str,
       write, last = writes.popleft()
       outcomes.written(*write.result(), last)
   _write_csv(os.path.join(output_dir, 'predictions.csv'),
-             [row for path, _ in listed for row in outcomes.rows[path]])
+             [row for path, _ in inputs for row in outcomes.rows[path]])
   return len(problems) + outcomes.failures
 

@@ -248,11 +248,15 @@ def load_release(folder: str, config: ml_collections.ConfigDict | None = None):
   return checkpointing.with_chosen_threshold(config, best), model, variables, best
 
 
-def load_model(path: str, config: ml_collections.ConfigDict | None = None):
-  """`load_release` for a release folder, else `checkpointing.load_inference` (a workdir)."""
-  if is_release(path):
-    return load_release(path, config)
-  return checkpointing.load_inference(path, config)
+def load_model(path: str, config: ml_collections.ConfigDict | None = None,
+               threshold: float | None = None):
+  """`load_release` for a release folder, else `checkpointing.load_inference` (a workdir);
+  `threshold`, if given, replaces the config's (the one chosen on validation)."""
+  load = load_release if is_release(path) else checkpointing.load_inference
+  config, model, variables, best = load(path, config)
+  if threshold is not None:
+    config.eval.threshold = threshold
+  return config, model, variables, best
 
 
 def default_model() -> str:

@@ -285,28 +285,38 @@ def _steps_per_epoch(train_input, local_batch: int) -> int:
   return steps
 
 
-def _initialized_from(state: TrainState, config, mesh) -> TrainState:
-  """`state` with the parameters and BatchNorm statistics of `config.train.init_from`; the
-  EMA starts from those parameters, the optimizer state and the step stay fresh."""
-  variables, best = release.initial_variables(
-      config, {'params': state.params, 'batch_stats': state.batch_stats})
-  logging.info('Starting from the weights of %s (%s).', config.train.init_from,
-               evaluate.best_note(best))
+def _init_from(config, model, workdir: str):
+  """(variables, best meta) of `train.init_from` to start from, or None: none is set, or the
+  workdir has a checkpoint to resume (a resumed run continues its own). Called before
+  anything is written, so a source that does not fit this config leaves the workdir as it
+  was."""
+  if not config.train.init_from or checkpointing.latest_step(workdir) is not None:
+    return None
+  return release.initial_variables(config, jax.eval_shape(
+      lambda: model_lib.init_variables(model, 0, config.data.image_size)))
+
+
+def _initialized_from(state: TrainState, start, source: str, mesh) -> TrainState:
+  """`state` with the parameters and BatchNorm statistics of `start` (`_init_from` of
+  `source`); the EMA starts from those parameters, the optimizer state and the step stay
+  fresh."""
+  variables, best = start
+  logging.info('Starting from the weights of %s (%s).', source, evaluate.best_note(best))
   return state.replace(params=sharding.replicate(variables['params'], mesh),
                        batch_stats=sharding.replicate(variables.get('batch_stats', {}), mesh),
                        ema_params=sharding.replicate(variables['params'], mesh))
 
 
-def _initial_state(config, model, mesh, steps_per_epoch: int, checkpoints,
-                   workdir: str) -> TrainState:
+def _initial_state(config, model, mesh, steps_per_epoch: int, checkpoints, workdir: str,
+                   start=None) -> TrainState:
   """The workdir's latest checkpoint if there is one (it must fit this config), else a new
-  state, with the weights of `train.init_from` if set: a resumed run continues its own. Built
-  as replicated global arrays, since no process can device_put onto another's devices."""
+  state, with the weights of `start` (`_init_from`) if given. Built as replicated global
+  arrays, since no process can device_put onto another's devices."""
   state = jax.jit(lambda: create_train_state(config.seed, config, model, steps_per_epoch),
                   out_shardings=sharding.replicated(mesh))()
   restored, meta = checkpoints.restore_latest(state)
   if restored is None:
-    return _initialized_from(state, config, mesh) if config.train.init_from else state
+    return _initialized_from(state, start, config.train.init_from, mesh) if start else state
   if int(restored.step) != meta['epoch'] * steps_per_epoch:
     raise checkpointing.WorkdirMismatchError(
         f'The latest checkpoint in {workdir} ends epoch {meta["epoch"]} at step '
@@ -411,10 +421,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   check_config(config)
   checkpointing.check_workdir(config, workdir)
+  model = model_lib.create_model(config.model, config.half_precision)
+  start = _init_from(config, model, workdir)
   local_batch = config.train.batch_size // jax.process_count()
   train_input, validation_batches, test_splits = _training_data(config, local_batch)
   steps_per_epoch = _steps_per_epoch(train_input, local_batch)
-  if jax.process_index() == 0:  # Only now: a run whose data are missing leaves no workdir.
+  # Only now: a run whose init_from does not fit, or whose data are missing, leaves no workdir.
+  if jax.process_index() == 0:
     checkpointing.save_config(config, workdir)
     if command:
       release.record_command(workdir, command)
@@ -423,10 +436,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     'about BUSI.')
 
   mesh = sharding.create_mesh()
-  model = model_lib.create_model(config.model, config.half_precision)
   predictor = evaluate.Predictor(model, mesh, config.eval.batch_size, config.eval.flip_tta)
   checkpoints = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
-  state = _initial_state(config, model, mesh, steps_per_epoch, checkpoints, workdir)
+  state = _initial_state(config, model, mesh, steps_per_epoch, checkpoints, workdir, start)
   state = _fit(state, config, mesh, train_input, steps_per_epoch, predictor,
                validation_batches, checkpoints, workdir)
   variables, best = _best_with_threshold(predictor, checkpoints, state, validation_batches,

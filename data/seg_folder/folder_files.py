@@ -95,8 +95,8 @@ def check(manual_dir: PathLike, config) -> None:
   root = pathlib.Path(manual_dir)
   if not root.is_dir():
     raise scan_files.FormatError(
-        f'The manual dir {root} does not exist; set it (DownloadConfig(manual_dir=...) or '
-        f'--manual_dir) to the folder holding the images of {config.name!r}.')
+        f'The manual dir {root} does not exist; it must be the folder holding the images of '
+        f'{config.name!r}.')
   for folder, field in ((images_dir, 'images_subdir'), (masks_dir, 'masks_subdir')):
     if not folder.is_dir():
       subdir = getattr(config, field)
