@@ -322,28 +322,50 @@ def train_input(raw_splits: Mapping[str, tf.data.Dataset],
   lesion and its normal scans, the normal ones at that share of the dataset's weight: where
   one dataset is mostly normal scans and another has none, the look of a scanner would
   otherwise predict "no lesion".
+
+  Seeds: dataset i (in `raw_splits` order) drawn whole gets `seed + i`; its lesion and normal
+  streams get `seed + n + 2 i` and `seed + n + 2 i + 1` (n datasets).
   """
+  if data_config.normal_share:
+    return _train_input_by_label(raw_splits, data_config, batch_size=batch_size, seed=seed)
   parts = {name: TrainInput(raw, data_config, batch_size=batch_size, seed=seed + i)
            for i, (name, raw) in enumerate(raw_splits.items())}
-  share = data_config.normal_share
-  if len(parts) == 1 and not share:
+  if len(parts) == 1:
     return next(iter(parts.values()))
   weights = mix_weights(data_config, {name: part.num_examples for name, part in parts.items()})
-  if share:
-    split_parts, split_weights = {}, {}
-    for i, (name, raw) in enumerate(raw_splits.items()):
-      by_label = {label: TrainInput(ds, data_config, batch_size=batch_size,
-                                    seed=seed + len(parts) + 2 * i + j)
-                  for j, (label, ds) in enumerate(_by_label(raw).items())}
-      if not by_label['normal'].num_examples:
-        split_parts[name], split_weights[name] = parts[name], weights[name]
-        continue
-      for label, part in by_label.items():
-        split_parts[f'{name} {label}'] = part
-        split_weights[f'{name} {label}'] = weights[name] * (share if label == 'normal'
-                                                            else 1 - share)
-    parts, weights = split_parts, split_weights
   return MixedTrainInput(parts, weights, batch_size=batch_size, seed=seed)
+
+
+def _train_input_by_label(raw_splits: Mapping[str, tf.data.Dataset],
+                          data_config: ml_collections.ConfigDict, *, batch_size: int,
+                          seed: int) -> MixedTrainInput:
+  """`train_input` with `data.normal_share`: each dataset as its lesion and normal streams.
+
+  A dataset's size (for weights by size) is its streams' counts added up: it is not counted
+  and cached whole beside them. A dataset without normal scans (in training) is one stream,
+  its lesion scans, which are then all of it: at the whole dataset's seed, that stream is the
+  whole dataset's `TrainInput`, batch for batch.
+  """
+  share = data_config.normal_share
+  streams, sizes = {}, {}
+  for i, (name, raw) in enumerate(raw_splits.items()):
+    by_label = _by_label(raw)
+    normal = TrainInput(by_label['normal'], data_config, batch_size=batch_size,
+                        seed=seed + len(raw_splits) + 2 * i + 1)
+    if normal.num_examples:
+      lesion = TrainInput(by_label['lesion'], data_config, batch_size=batch_size,
+                          seed=seed + len(raw_splits) + 2 * i)
+      streams[name] = {f'{name} lesion': (lesion, 1 - share),
+                       f'{name} normal': (normal, share)}
+    else:
+      whole = TrainInput(by_label['lesion'], data_config, batch_size=batch_size, seed=seed + i)
+      streams[name] = {name: (whole, 1.0)}
+    sizes[name] = sum(part.num_examples for part, _ in streams[name].values())
+  weights = mix_weights(data_config, sizes)
+  parts = {key: part for name in streams for key, (part, _) in streams[name].items()}
+  part_weights = {key: weights[name] * fraction
+                  for name in streams for key, (_, fraction) in streams[name].items()}
+  return MixedTrainInput(parts, part_weights, batch_size=batch_size, seed=seed)
 
 
 def eval_batches(raw_ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, *,
