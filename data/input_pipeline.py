@@ -38,7 +38,8 @@ def is_built(data_config: ml_collections.ConfigDict) -> bool:
   return tfds.builder('busi', data_dir=_tfds_data_dir(data_config)).is_prepared()
 
 
-def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset:
+def _load_busi(data_config: ml_collections.ConfigDict, split,
+               groups_only: bool = False) -> tf.data.Dataset:
   """The BUSI builder's split; fails fast, before any TFDS work, when there is no data."""
   # Importing the builder package registers 'busi' with TFDS.
   from data.busi import dataset_files  # pylint: disable=g-import-not-at-top
@@ -49,7 +50,8 @@ def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset
     manual_dir = os.path.dirname(manual_dir)
   builder = tfds.builder('busi', data_dir=data_dir)
   return _prepare(builder, data_dir, manual_dir, dataset_files.locate, '',
-                  'manual_dir', source).as_dataset(split=split, shuffle_files=False)
+                  'manual_dir', source).as_dataset(split=split, shuffle_files=False,
+                                                   decoders=_decoders(builder, groups_only))
 
 
 def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str, manual_dir: str,
@@ -106,8 +108,8 @@ def _folder_config(data_config: ml_collections.ConfigDict, source: str):
       test_fraction=folder.test_fraction), folder.dir
 
 
-def _load_folder(data_config: ml_collections.ConfigDict, source: str,
-                 split) -> tf.data.Dataset:
+def _load_folder(data_config: ml_collections.ConfigDict, source: str, split,
+                 groups_only: bool = False) -> tf.data.Dataset:
   """The `seg_folder` builder (BUS-BRA, BUS-UCLM or the user's folder); fails fast without
   data."""
   from data import seg_folder  # pylint: disable=g-import-not-at-top
@@ -118,7 +120,8 @@ def _load_folder(data_config: ml_collections.ConfigDict, source: str,
   field = names_lib.DOWNLOAD_FIELDS.get(source, 'folder.dir')
   return _prepare(builder, data_dir, manual_dir,
                   lambda folder: seg_folder.check(folder, builder_config),
-                  repr(builder_config), field).as_dataset(split=split, shuffle_files=False)
+                  repr(builder_config), field).as_dataset(
+                      split=split, shuffle_files=False, decoders=_decoders(builder, groups_only))
 
 
 def _group(example) -> tf.Tensor:
@@ -126,10 +129,20 @@ def _group(example) -> tf.Tensor:
   return example['group'] if 'group' in example else example['dup_group']
 
 
+def _decoders(builder: tfds.core.DatasetBuilder, groups_only: bool):
+  """TFDS decoders: with `groups_only`, each example is parsed down to its group feature
+  (the one `_group` reads), so no scan or mask is decoded."""
+  if not groups_only:
+    return None
+  key = 'group' if 'group' in builder.info.features else 'dup_group'
+  return tfds.decode.PartialDecoding({key: True})
+
+
 def chosen_groups(raw: tf.data.Dataset, count: int, seed: int) -> list[bytes]:
   """`count` of the groups (patients) of `raw`, drawn by `seed`: the first `count` of one
   seeded shuffle of them, so a smaller count picks a subset of a larger one's. Pass the
-  whole split (not a process's share): every process must pick the same patients."""
+  whole split (not a process's share): every process must pick the same patients. Only the
+  group is read: `load_split(..., groups_only=True)` reads no more."""
   groups = sorted({group.numpy() for group in raw.map(_group)})
   order = np.random.default_rng(seed).permutation(len(groups))
   return [groups[i] for i in order[:count]]
@@ -148,10 +161,13 @@ def dataset_name(data_config: ml_collections.ConfigDict, source: str) -> str:
 
 def load_split(data_config: ml_collections.ConfigDict, split_expr: str, *,
                source: str | None = None, process_index: int = 0,
-               process_count: int = 1) -> tf.data.Dataset:
+               process_count: int = 1, groups_only: bool = False) -> tf.data.Dataset:
   """Raw examples of a split expression (e.g. 'train+validation'): this process's share.
 
   `source` picks one dataset of `data.source`; it may be left out when there is only one.
+  `groups_only`: a TFDS dataset's examples hold only their group (patient or duplicate
+  group), read without decoding any image: enough for `chosen_groups`, at a fraction of the
+  cost. Synthetic examples stay whole (they are generated, not decoded).
   """
   if source is None:
     names = sources(data_config)
@@ -167,8 +183,8 @@ def load_split(data_config: ml_collections.ConfigDict, split_expr: str, *,
     return ds.shard(process_count, process_index)
   split = tfds.even_splits(split_expr, n=process_count)[process_index]
   if source == 'busi':
-    return _load_busi(data_config, split)
-  return _load_folder(data_config, source, split)
+    return _load_busi(data_config, split, groups_only)
+  return _load_folder(data_config, source, split, groups_only)
 
 
 def mix_weights(data_config: ml_collections.ConfigDict,

@@ -10,6 +10,7 @@ import busi_fixtures
 from configs import default
 from data import input_pipeline
 from data import synthetic
+from test_datasets_end_to_end import _write_folder_dataset
 from unet_flax import imaging
 
 SIZE = 32
@@ -338,6 +339,29 @@ def test_training_on_a_few_patients_keeps_all_their_scans_and_nests_the_smaller_
   kept = list(input_pipeline.only_groups(raw, two).as_numpy_iterator())
   assert sorted(ex['dup_group'] for ex in kept) == sorted(3 * two)
   assert input_pipeline.chosen_groups(raw, 9, seed=0) == input_pipeline.chosen_groups(raw, 4, 0)
+
+
+@pytest.mark.parametrize('source', ['busi', 'folder'])
+def test_groups_only_reads_just_the_group_and_picks_the_same_patients(tmp_path, source):
+  config = _config()
+  config.source = source
+  config.tfds_data_dir = str(tmp_path / 'tfds')
+  if source == 'busi':
+    config.manual_dir = str(busi_fixtures.write_kaggle_tree(
+        tmp_path / 'busi', busi_fixtures.default_spec(per_class=6)))
+    key = 'dup_group'
+  else:
+    config.folder.dir = _write_folder_dataset(str(tmp_path / 'scans'), num=15)
+    config.folder.group_pattern = r'scan_(\d)'  # scan_1 and scan_1x: one patient.
+    key = 'group'
+  whole = input_pipeline.load_split(config, 'train')
+  groups = input_pipeline.load_split(config, 'train', groups_only=True)
+  assert set(groups.element_spec) == {key}
+  assert [ex[key] for ex in groups.as_numpy_iterator()] == [
+      ex[key] for ex in whole.as_numpy_iterator()]
+  for count in (2, 3):
+    assert input_pipeline.chosen_groups(groups, count, seed=4) == input_pipeline.chosen_groups(
+        whole, count, seed=4)
 
 
 def test_mix_weights_default_to_dataset_sizes_and_must_name_every_dataset():
