@@ -38,7 +38,8 @@ def is_built(data_config: ml_collections.ConfigDict) -> bool:
   return tfds.builder('busi', data_dir=_tfds_data_dir(data_config)).is_prepared()
 
 
-def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset:
+def _load_busi(data_config: ml_collections.ConfigDict, split,
+               groups_only: bool = False) -> tf.data.Dataset:
   """The BUSI builder's split; fails fast, before any TFDS work, when there is no data."""
   # Importing the builder package registers 'busi' with TFDS.
   from data.busi import dataset_files  # pylint: disable=g-import-not-at-top
@@ -49,7 +50,8 @@ def _load_busi(data_config: ml_collections.ConfigDict, split) -> tf.data.Dataset
     manual_dir = os.path.dirname(manual_dir)
   builder = tfds.builder('busi', data_dir=data_dir)
   return _prepare(builder, data_dir, manual_dir, dataset_files.locate, '',
-                  'manual_dir', source).as_dataset(split=split, shuffle_files=False)
+                  'manual_dir', source).as_dataset(split=split, shuffle_files=False,
+                                                   decoders=_decoders(builder, groups_only))
 
 
 def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str, manual_dir: str,
@@ -105,8 +107,8 @@ def _folder_config(data_config: ml_collections.ConfigDict, source: str):
       test_fraction=folder.test_fraction), folder.dir
 
 
-def _load_folder(data_config: ml_collections.ConfigDict, source: str,
-                 split) -> tf.data.Dataset:
+def _load_folder(data_config: ml_collections.ConfigDict, source: str, split,
+                 groups_only: bool = False) -> tf.data.Dataset:
   """The `seg_folder` builder (BUS-BRA, BUS-UCLM or the user's folder); fails fast without
   data."""
   from data import seg_folder  # pylint: disable=g-import-not-at-top
@@ -116,7 +118,8 @@ def _load_folder(data_config: ml_collections.ConfigDict, source: str,
   builder = seg_folder.Builder(config=builder_config, data_dir=data_dir)
   return _prepare(builder, data_dir, manual_dir,
                   lambda folder: seg_folder.check(folder, builder_config), repr(builder_config),
-                  names_lib.DOWNLOAD_FIELDS[source]).as_dataset(split=split, shuffle_files=False)
+                  names_lib.DOWNLOAD_FIELDS[source]).as_dataset(
+                      split=split, shuffle_files=False, decoders=_decoders(builder, groups_only))
 
 
 def _group(example) -> tf.Tensor:
@@ -124,10 +127,20 @@ def _group(example) -> tf.Tensor:
   return example['group'] if 'group' in example else example['dup_group']
 
 
+def _decoders(builder: tfds.core.DatasetBuilder, groups_only: bool):
+  """TFDS decoders: with `groups_only`, each example is parsed down to its group feature
+  (the one `_group` reads), so no scan or mask is decoded."""
+  if not groups_only:
+    return None
+  key = 'group' if 'group' in builder.info.features else 'dup_group'
+  return tfds.decode.PartialDecoding({key: True})
+
+
 def chosen_groups(raw: tf.data.Dataset, count: int, seed: int) -> list[bytes]:
   """`count` of the groups (patients) of `raw`, drawn by `seed`: the first `count` of one
   seeded shuffle of them, so a smaller count picks a subset of a larger one's. Pass the
-  whole split (not a process's share): every process must pick the same patients."""
+  whole split (not a process's share): every process must pick the same patients. Only the
+  group is read: `load_split(..., groups_only=True)` reads no more."""
   groups = sorted({group.numpy() for group in raw.map(_group)})
   order = np.random.default_rng(seed).permutation(len(groups))
   return [groups[i] for i in order[:count]]
@@ -146,10 +159,13 @@ def dataset_name(data_config: ml_collections.ConfigDict, source: str) -> str:
 
 def load_split(data_config: ml_collections.ConfigDict, split_expr: str, *,
                source: str | None = None, process_index: int = 0,
-               process_count: int = 1) -> tf.data.Dataset:
+               process_count: int = 1, groups_only: bool = False) -> tf.data.Dataset:
   """Raw examples of a split expression (e.g. 'train+validation'): this process's share.
 
   `source` picks one dataset of `data.source`; it may be left out when there is only one.
+  `groups_only`: a TFDS dataset's examples hold only their group (patient or duplicate
+  group), read without decoding any image: enough for `chosen_groups`, at a fraction of the
+  cost. Synthetic examples stay whole (they are generated, not decoded).
   """
   if source is None:
     names = sources(data_config)
@@ -165,8 +181,8 @@ def load_split(data_config: ml_collections.ConfigDict, split_expr: str, *,
     return ds.shard(process_count, process_index)
   split = tfds.even_splits(split_expr, n=process_count)[process_index]
   if source == 'busi':
-    return _load_busi(data_config, split)
-  return _load_folder(data_config, source, split)
+    return _load_busi(data_config, split, groups_only)
+  return _load_folder(data_config, source, split, groups_only)
 
 
 def mix_weights(data_config: ml_collections.ConfigDict,
@@ -320,28 +336,50 @@ def train_input(raw_splits: Mapping[str, tf.data.Dataset],
   lesion and its normal scans, the normal ones at that share of the dataset's weight: where
   one dataset is mostly normal scans and another has none, the look of a scanner would
   otherwise predict "no lesion".
+
+  Seeds: dataset i (in `raw_splits` order) drawn whole gets `seed + i`; its lesion and normal
+  streams get `seed + n + 2 i` and `seed + n + 2 i + 1` (n datasets).
   """
+  if data_config.normal_share:
+    return _train_input_by_label(raw_splits, data_config, batch_size=batch_size, seed=seed)
   parts = {name: TrainInput(raw, data_config, batch_size=batch_size, seed=seed + i)
            for i, (name, raw) in enumerate(raw_splits.items())}
-  share = data_config.normal_share
-  if len(parts) == 1 and not share:
+  if len(parts) == 1:
     return next(iter(parts.values()))
   weights = mix_weights(data_config, {name: part.num_examples for name, part in parts.items()})
-  if share:
-    split_parts, split_weights = {}, {}
-    for i, (name, raw) in enumerate(raw_splits.items()):
-      by_label = {label: TrainInput(ds, data_config, batch_size=batch_size,
-                                    seed=seed + len(parts) + 2 * i + j)
-                  for j, (label, ds) in enumerate(_by_label(raw).items())}
-      if not by_label['normal'].num_examples:
-        split_parts[name], split_weights[name] = parts[name], weights[name]
-        continue
-      for label, part in by_label.items():
-        split_parts[f'{name} {label}'] = part
-        split_weights[f'{name} {label}'] = weights[name] * (share if label == 'normal'
-                                                            else 1 - share)
-    parts, weights = split_parts, split_weights
   return MixedTrainInput(parts, weights, batch_size=batch_size, seed=seed)
+
+
+def _train_input_by_label(raw_splits: Mapping[str, tf.data.Dataset],
+                          data_config: ml_collections.ConfigDict, *, batch_size: int,
+                          seed: int) -> MixedTrainInput:
+  """`train_input` with `data.normal_share`: each dataset as its lesion and normal streams.
+
+  A dataset's size (for weights by size) is its streams' counts added up: it is not counted
+  and cached whole beside them. A dataset without normal scans (in training) is one stream,
+  its lesion scans, which are then all of it: at the whole dataset's seed, that stream is the
+  whole dataset's `TrainInput`, batch for batch.
+  """
+  share = data_config.normal_share
+  streams, sizes = {}, {}
+  for i, (name, raw) in enumerate(raw_splits.items()):
+    by_label = _by_label(raw)
+    normal = TrainInput(by_label['normal'], data_config, batch_size=batch_size,
+                        seed=seed + len(raw_splits) + 2 * i + 1)
+    if normal.num_examples:
+      lesion = TrainInput(by_label['lesion'], data_config, batch_size=batch_size,
+                          seed=seed + len(raw_splits) + 2 * i)
+      streams[name] = {f'{name} lesion': (lesion, 1 - share),
+                       f'{name} normal': (normal, share)}
+    else:
+      whole = TrainInput(by_label['lesion'], data_config, batch_size=batch_size, seed=seed + i)
+      streams[name] = {name: (whole, 1.0)}
+    sizes[name] = sum(part.num_examples for part, _ in streams[name].values())
+  weights = mix_weights(data_config, sizes)
+  parts = {key: part for name in streams for key, (part, _) in streams[name].items()}
+  part_weights = {key: weights[name] * fraction
+                  for name in streams for key, (_, fraction) in streams[name].items()}
+  return MixedTrainInput(parts, part_weights, batch_size=batch_size, seed=seed)
 
 
 def eval_batches(raw_ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, *,

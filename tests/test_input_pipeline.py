@@ -10,6 +10,7 @@ import busi_fixtures
 from configs import default
 from data import input_pipeline
 from data import synthetic
+from test_datasets_end_to_end import _write_folder_dataset
 from unet_flax import imaging
 
 SIZE = 32
@@ -297,6 +298,37 @@ def test_normal_share_draws_each_datasets_normal_scans_at_that_share_of_its_weig
   assert plain.weights == {'mostly_normal': 0.5, 'lesions_only': 0.5}
 
 
+def test_normal_share_streams_are_the_label_parts_with_their_own_seeds_and_counts():
+  """Batch for batch, `train_input` with a normal share is the mix built by hand: dataset i
+  of n split into its lesion and normal scans at seeds seed + n + 2 i (+ 1), a dataset without
+  normal scans drawn whole at seed + i, and weights by size from all of each one's scans."""
+  config = _config()  # Augmented: a seed that changed would change the batches.
+  config.normal_share = 0.25
+  dark, bright = _dark_examples(12), _bright_lesion_examples(20)
+  mixed_up = [example for pair in zip(dark, bright[:12]) for example in pair] + bright[12:]
+  lesions_only = _bright_lesion_examples(6, seed=1)
+  raw = {'mixed': _raw(mixed_up), 'lesions_only': _raw(lesions_only)}
+  got = input_pipeline.train_input(raw, config, batch_size=4, seed=5)
+  # Weights by size (no data.mix_weights): 32 and 6 scans.
+  weights = {'mixed lesion': 32 / 38 * 0.75, 'mixed normal': 32 / 38 * 0.25,
+             'lesions_only': 6 / 38}
+  parts = {'mixed lesion': input_pipeline.TrainInput(_raw(bright), config, batch_size=4,
+                                                     seed=5 + 2),
+           'mixed normal': input_pipeline.TrainInput(_raw(dark), config, batch_size=4,
+                                                     seed=5 + 2 + 1),
+           'lesions_only': input_pipeline.TrainInput(_raw(lesions_only), config,
+                                                     batch_size=4, seed=5 + 1)}
+  want = input_pipeline.MixedTrainInput(parts, weights, batch_size=4, seed=5)
+  assert list(got.weights) == list(want.weights)
+  np.testing.assert_allclose(list(got.weights.values()), list(want.weights.values()),
+                             rtol=1e-12)
+  assert (got.num_examples, got.steps_per_epoch) == (want.num_examples, 9)
+  for epoch in (0, 1):
+    for a, b in zip(_epoch(got, epoch), _epoch(want, epoch), strict=True):
+      np.testing.assert_array_equal(a['image'], b['image'])
+      np.testing.assert_array_equal(a['mask'], b['mask'])
+
+
 def test_training_on_a_few_patients_keeps_all_their_scans_and_nests_the_smaller_counts():
   examples = _bright_lesion_examples(12)
   for i, example in enumerate(examples):
@@ -309,6 +341,29 @@ def test_training_on_a_few_patients_keeps_all_their_scans_and_nests_the_smaller_
   kept = list(input_pipeline.only_groups(raw, two).as_numpy_iterator())
   assert sorted(ex['dup_group'] for ex in kept) == sorted(3 * two)
   assert input_pipeline.chosen_groups(raw, 9, seed=0) == input_pipeline.chosen_groups(raw, 4, 0)
+
+
+@pytest.mark.parametrize('source', ['busi', 'folder'])
+def test_groups_only_reads_just_the_group_and_picks_the_same_patients(tmp_path, source):
+  config = _config()
+  config.source = source
+  config.tfds_data_dir = str(tmp_path / 'tfds')
+  if source == 'busi':
+    config.manual_dir = str(busi_fixtures.write_kaggle_tree(
+        tmp_path / 'busi', busi_fixtures.default_spec(per_class=6)))
+    key = 'dup_group'
+  else:
+    config.folder.dir = _write_folder_dataset(str(tmp_path / 'scans'), num=15)
+    config.folder.group_pattern = r'scan_(\d)'  # scan_1 and scan_1x: one patient.
+    key = 'group'
+  whole = input_pipeline.load_split(config, 'train')
+  groups = input_pipeline.load_split(config, 'train', groups_only=True)
+  assert set(groups.element_spec) == {key}
+  assert [ex[key] for ex in groups.as_numpy_iterator()] == [
+      ex[key] for ex in whole.as_numpy_iterator()]
+  for count in (2, 3):
+    assert input_pipeline.chosen_groups(groups, count, seed=4) == input_pipeline.chosen_groups(
+        whole, count, seed=4)
 
 
 def test_mix_weights_default_to_dataset_sizes_and_must_name_every_dataset():

@@ -218,7 +218,7 @@ def _training_data(config, local_batch: int):
                                             process_count=jax.process_count())
     if config.data.train_groups:
       groups = input_pipeline.chosen_groups(
-          input_pipeline.load_split(config.data, 'train', source=name),
+          input_pipeline.load_split(config.data, 'train', source=name, groups_only=True),
           config.data.train_groups, config.seed)
       logging.info('Training on %d patients (groups) of %s.', len(groups), name)
       train[name] = input_pipeline.only_groups(train[name], groups)
