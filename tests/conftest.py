@@ -14,6 +14,10 @@ JAX: many tests compile the same small U-Nets, in-process and in the `main.py` s
 they start. Reusing the compiled programs took test_main.py + test_reliability.py from 169 s
 to 139 s on 2 cores. The cache is a new temporary directory per session, so no run reads
 programs another one wrote; a cache dir the user set is kept.
+
+TensorFlow: tests run tf.data and JAX in one process. As main.py does before its first op,
+TensorFlow is kept off the GPUs (it would reserve most of their memory at its first op, which
+JAX then lacks); JAX keeps them.
 """
 import atexit
 import os
@@ -42,6 +46,13 @@ for _name in ('XDG_CONFIG_HOME', 'XDG_DATA_HOME'):
 os.environ['XDG_CACHE_HOME'] = os.path.join(_SESSION_DIR, 'cache')
 os.environ.update(_home_environ(os.path.join(_SESSION_DIR, 'home')))
 os.makedirs(os.environ['HOME'])
+
+# TensorFlow off the GPUs, as main.py keeps it: before any test module runs a TF op, which
+# would start its runtime with every GPU it sees.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+tf.config.set_visible_devices([], 'GPU')
 
 
 @pytest.fixture(autouse=True)
