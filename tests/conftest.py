@@ -14,6 +14,13 @@ JAX: many tests compile the same small U-Nets, in-process and in the `main.py` s
 they start. Reusing the compiled programs took test_main.py + test_reliability.py from 169 s
 to 139 s on 2 cores. The cache is a new temporary directory per session, so no run reads
 programs another one wrote; a cache dir the user set is kept.
+
+TensorFlow: tests run tf.data and JAX in one process. As main.py does before its first op,
+TensorFlow is kept off the GPUs (it would reserve most of their memory at its first op, which
+JAX then lacks); JAX keeps them.
+
+The checkout: no test may write into the repository. The session fails when `git status`
+shows an entry at its end that it did not show at its start (tests/checkout_state.py).
 """
 import atexit
 import os
@@ -21,6 +28,12 @@ import shutil
 import tempfile
 
 import pytest
+
+import checkout_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Taken before any test runs: what the developer's checkout already shows.
+_CHECKOUT_AT_START = checkout_state.snapshot(ROOT)
 
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _CACHE_DIR = tempfile.mkdtemp(prefix='busi-unet-jax-cache-')
@@ -43,6 +56,13 @@ os.environ['XDG_CACHE_HOME'] = os.path.join(_SESSION_DIR, 'cache')
 os.environ.update(_home_environ(os.path.join(_SESSION_DIR, 'home')))
 os.makedirs(os.environ['HOME'])
 
+# TensorFlow off the GPUs, as main.py keeps it: before any test module runs a TF op, which
+# would start its runtime with every GPU it sees.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+tf.config.set_visible_devices([], 'GPU')
+
 
 @pytest.fixture(autouse=True)
 def _own_home(tmp_path_factory, monkeypatch):
@@ -55,3 +75,20 @@ def _own_home(tmp_path_factory, monkeypatch):
 def user_home() -> str:
   """The home the suite was started from (for the tests that prove it stays unseen)."""
   return _USER_HOME
+
+
+def pytest_sessionfinish(session):
+  """Fails the session when the tests left a file in the checkout (created, modified or
+  deleted one) that `git status` did not show at the start."""
+  written = checkout_state.new_entries(_CHECKOUT_AT_START, checkout_state.snapshot(ROOT))
+  if not written:
+    return
+  reporter = session.config.pluginmanager.get_plugin('terminalreporter')
+  if reporter is not None:
+    reporter.ensure_newline()
+    reporter.section('tests wrote into the checkout', sep='!', red=True, bold=True)
+    reporter.write_line(f'FAILED: git status of {ROOT} shows what it did not at the start of '
+                        'the session (write under tmp_path instead):', red=True)
+    for entry in written:
+      reporter.write_line(f'  {entry}', red=True)
+  session.exitstatus = pytest.ExitCode.TESTS_FAILED

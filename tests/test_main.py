@@ -73,14 +73,21 @@ def test_threshold_chosen_on_validation_travels_with_the_checkpoint(trained_work
   assert f"threshold {best['threshold']} chosen on validation" in protocol
 
 
-def test_evaluate_mode_needs_no_config_and_writes_per_image_rows(trained_workdir):
-  from unet_flax import checkpointing
+@pytest.fixture(scope='module')
+def evaluated(trained_workdir):
+  """(stdout, per_image.csv rows) of `--mode=evaluate --split=validation+test` at the
+  checkpoint's own threshold."""
   result = _main('--mode=evaluate', f'--workdir={trained_workdir}', '--split=validation+test')
-  assert 'ORIGINAL resolution' in result.stdout
-  threshold = checkpointing.load_inference(trained_workdir)[3]['threshold']
-  assert f'threshold {threshold}, regions under 0.1 % of the image removed); ' in result.stdout
   with open(os.path.join(trained_workdir, 'eval/synthetic/validation+test/per_image.csv')) as f:
-    rows = list(csv.DictReader(f))
+    return result.stdout, list(csv.DictReader(f))
+
+
+def test_evaluate_mode_needs_no_config_and_writes_per_image_rows(trained_workdir, evaluated):
+  from unet_flax import checkpointing
+  stdout, rows = evaluated
+  assert 'ORIGINAL resolution' in stdout
+  threshold = checkpointing.load_inference(trained_workdir)[3]['threshold']
+  assert f'threshold {threshold}, regions under 0.1 % of the image removed); ' in stdout
   assert len(rows) == 16 + 24
   assert set(rows[0]) == {'image_id', 'label', 'dice', 'iou', 'gt_area', 'pred_area', 'hd95',
                           'assd', 'sensitivity', 'precision', 'lesion_probability'}
@@ -95,15 +102,18 @@ def test_evaluate_mode_needs_no_config_and_writes_per_image_rows(trained_workdir
   assert np.all(hd95[predicted] >= 0)
 
 
-def test_evaluate_at_a_threshold_of_ones_own_says_so_and_marks_more(trained_workdir):
-  def evaluated_area(*flags):
-    result = _main('--mode=evaluate', f'--workdir={trained_workdir}', '--split=validation',
-                   *flags)
-    with open(os.path.join(trained_workdir, 'eval/synthetic/validation/per_image.csv')) as f:
-      return result.stdout, sum(int(row['pred_area']) for row in csv.DictReader(f))
-
-  low_out, low_area = evaluated_area('--threshold=0.05')
-  own_out, own_area = evaluated_area()
+def test_evaluate_at_a_threshold_of_ones_own_says_so_and_marks_more(trained_workdir,
+                                                                   evaluated):
+  low_out = _main('--mode=evaluate', f'--workdir={trained_workdir}', '--split=validation',
+                  '--threshold=0.05').stdout
+  with open(os.path.join(trained_workdir, 'eval/synthetic/validation/per_image.csv')) as f:
+    low_rows = list(csv.DictReader(f))
+  # The same validation images at the checkpoint's own threshold: the run without the flag.
+  own_out, own_rows = evaluated
+  own_areas = {row['image_id']: int(row['pred_area']) for row in own_rows}
+  assert len(low_rows) == 16 and {row['image_id'] for row in low_rows} <= own_areas.keys()
+  low_area = sum(int(row['pred_area']) for row in low_rows)
+  own_area = sum(own_areas[row['image_id']] for row in low_rows)
   assert 'evaluated at threshold 0.05, given on the command line' in low_out
   assert 'threshold 0.05, regions under' in low_out  # The threshold the masks were made at.
   assert 'given on the command line' not in own_out

@@ -214,16 +214,6 @@ def test_batch_larger_than_the_training_split_names_both(tmp_path):
     train.train_and_evaluate(_config(**{'train.batch_size': 32}), str(tmp_path))
 
 
-def test_unknown_override_key_is_one_clear_line(tmp_path):
-  result = subprocess.run(
-      [sys.executable, 'main.py', '--config=configs/synthetic.py', f'--workdir={tmp_path}',
-       '--config.train.batchsize=4'], cwd=ROOT, capture_output=True, text=True, timeout=60)
-  assert result.returncode != 0
-  assert 'Traceback' not in result.stderr
-  assert "Unknown config field in --config.train.batchsize=4: 'batchsize'" in result.stderr
-  assert 'Did you mean "batch_size"' in result.stderr
-
-
 def test_resuming_with_another_model_shape_points_to_a_new_workdir_not_deletion(reference):
   with pytest.raises(checkpointing.WorkdirMismatchError,
                      match='config.model=.*Use a new --workdir') as error:

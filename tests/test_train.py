@@ -41,11 +41,32 @@ def _batch(size=32, n=4, seed=0):
   return {'image': np.clip(images, 0, 1).astype(np.float32), 'mask': masks}
 
 
-def _setup(config, steps_per_epoch=10):
+def _new_setup(config):
   model = model_lib.create_model(config.model)
   mesh = sharding.create_mesh()
-  state = train.create_train_state(0, config, model, steps_per_epoch)
+  state = train.create_train_state(0, config, model, steps_per_epoch=10)
   return model, mesh, state, train.compile_train_step(config, mesh)
+
+
+@pytest.fixture(scope='module')
+def default_setup():
+  """_new_setup(_config()), shared: its train step compiles once for all the tests that
+  train the default config (a state with another optimizer object compiles it again)."""
+  return _new_setup(_config())
+
+
+@pytest.fixture
+def setup(default_setup):
+  """`setup(config)`: (model, mesh, initial state, compiled train step) of `config`; for the
+  default config the shared step and a copy of the shared initial state (the step donates
+  the state it is given), else new ones."""
+  def make(config):
+    if config.to_dict() != _config().to_dict():
+      return _new_setup(config)
+    model, mesh, state, step = default_setup
+    return model, mesh, jax.tree.map(jnp.copy, state), step
+
+  return make
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -58,9 +79,9 @@ def test_schedule_warms_up_then_decays_to_zero():
   assert float(schedule(50)) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
+def test_one_train_step_lowers_the_loss_on_a_fixed_batch(setup):
   config = _config()
-  _, mesh, state, step = _setup(config)
+  _, mesh, state, step = setup(config)
   batch = sharding.global_batch(_batch(), mesh)
   state, first = step(state, batch)
   state, second = step(state, batch)
@@ -79,10 +100,10 @@ def test_ema_warms_up_then_follows_the_configured_decay():
   np.testing.assert_allclose(train.update_ema(params, target, 5, 0.0)['w'], 1.0)
 
 
-def test_evaluated_weights_are_the_average_of_the_trained_ones():
+def test_evaluated_weights_are_the_average_of_the_trained_ones(setup):
   config = _config()
   config.train.ema_decay = 0.5
-  _, mesh, state, step = _setup(config)
+  _, mesh, state, step = setup(config)
   batch = sharding.global_batch(_batch(), mesh)
   history = [jax.device_get(state.params)]  # Host copies: the step donates the state.
   for _ in range(12):
@@ -97,9 +118,9 @@ def test_evaluated_weights_are_the_average_of_the_trained_ones():
   assert not np.allclose(head_kernel(state.ema_params), head_kernel(state.params))
 
 
-def test_a_few_steps_overfit_a_tiny_batch():
+def test_a_few_steps_overfit_a_tiny_batch(setup):
   config = _config()
-  _, mesh, state, step = _setup(config)
+  _, mesh, state, step = setup(config)
   batch = sharding.global_batch(_batch(n=4, seed=1), mesh)
   losses = []
   for _ in range(60):
@@ -109,25 +130,25 @@ def test_a_few_steps_overfit_a_tiny_batch():
   assert float(metrics['dice_loss']) < 0.15
 
 
-def test_presence_head_is_trained_only_when_the_model_has_one():
+def test_presence_head_is_trained_only_when_the_model_has_one(setup):
   config = _config()
   batch = _batch()
   batch['mask'][1] = 0.0  # A normal scan in the batch.
   for presence_head in (False, True):
     config.model.presence_head = presence_head
-    _, mesh, state, step = _setup(config)
+    _, mesh, state, step = setup(config)
     _, metrics = step(state, sharding.global_batch(batch, mesh))
     # Untrained head: BCE near log 2 when present, exactly zero (and not added) when absent.
     assert (float(metrics['presence_loss']) > 0.1) == presence_head
     assert np.isfinite(float(metrics['loss']))
 
 
-def test_deep_supervision_loss_is_added_only_when_configured_and_is_trained():
+def test_deep_supervision_loss_is_added_only_when_configured_and_is_trained(setup):
   config = _config()
   batch = _batch()
   for levels in (0, 1):
     config.model.deep_supervision = levels
-    _, mesh, state, step = _setup(config)
+    _, mesh, state, step = setup(config)
     batch_on_mesh = sharding.global_batch(batch, mesh)
     state, first = step(state, batch_on_mesh)
     assert (float(first['deep_supervision_loss']) > 0.1) == bool(levels)
@@ -140,9 +161,9 @@ def test_deep_supervision_loss_is_added_only_when_configured_and_is_trained():
   assert float(metrics['deep_supervision_loss']) < float(first['deep_supervision_loss'])
 
 
-def test_nonfinite_batch_leaves_state_unchanged_and_is_reported():
+def test_nonfinite_batch_leaves_state_unchanged_and_is_reported(setup):
   config = _config()
-  _, mesh, state, step = _setup(config)
+  _, mesh, state, step = setup(config)
   before = jax.device_get(state.params)
   bad = _batch()
   bad['image'][0, 0, 0, 0] = np.nan
@@ -153,9 +174,9 @@ def test_nonfinite_batch_leaves_state_unchanged_and_is_reported():
     train._stop_on_nonfinite(jax.device_get(metrics), 7)
 
 
-def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, caplog):
+def test_checkpoint_round_trip_gives_identical_predictions(setup, tmp_path, caplog):
   config = _config()
-  model, mesh, state, step = _setup(config)
+  model, mesh, state, step = setup(config)
   for _ in range(3):
     state, _ = step(state, sharding.global_batch(_batch(), mesh))
   checkpoints = checkpointing.Checkpoints(str(tmp_path), keep=2)
