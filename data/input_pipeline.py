@@ -355,10 +355,10 @@ def _train_input_by_label(raw_splits: Mapping[str, tf.data.Dataset],
                           seed: int) -> MixedTrainInput:
   """`train_input` with `data.normal_share`: each dataset as its lesion and normal streams.
 
-  A dataset's size (for weights by size) is its streams' counts added up: it is not counted
-  and cached whole beside them. A dataset without normal scans (in training) is one stream,
-  its lesion scans, which are then all of it: at the whole dataset's seed, that stream is the
-  whole dataset's `TrainInput`, batch for batch.
+  Only the streams are built (counting one fills its cache): a dataset's size (for weights by
+  size) is their counts added up. A dataset without normal scans (in training) is drawn from
+  its lesion stream, already counted and cached, which is then all of it: at the whole
+  dataset's seed, that stream is the whole dataset's `TrainInput`, batch for batch.
   """
   share = data_config.normal_share
   streams, sizes = {}, {}
