@@ -10,6 +10,7 @@ from PIL import Image
 
 from data import synthetic
 from test_main import _main
+from test_main import untrained_workdir
 
 pytestmark = pytest.mark.slow  # Builds datasets and trains through main.py.
 
@@ -59,9 +60,8 @@ def test_mixed_training_validates_each_dataset_and_tests_each_once(mixed_workdir
 
 
 def test_a_model_is_evaluated_on_another_dataset_and_compared_pairwise(mixed_workdir, tmp_path):
-  other = str(tmp_path / 'synthetic_only')
-  _main('--config=configs/synthetic.py', f'--workdir={other}', '--config.train.num_epochs=1',
-        '--config.model.base_features=4')
+  # A synthetic-only model: its initial weights do (what it was trained on is its config).
+  other = untrained_workdir(str(tmp_path / 'synthetic_only'), **{'model.base_features': 4})
   folder = os.path.join(os.path.dirname(mixed_workdir), 'my_scans')
   result = _main('--mode=evaluate', f'--workdir={other}', '--dataset=folder',
                  f'--manual_dir={folder}', '--split=test', f'--compare_to={mixed_workdir}')

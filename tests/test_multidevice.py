@@ -17,11 +17,6 @@ from unet_flax import distributed
 pytestmark = pytest.mark.slow  # Runs training on 4 simulated devices in subprocesses.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['--config=configs/synthetic.py', '--config.train.num_epochs=1',
-        '--config.data.image_size=32', '--config.model.base_features=4',
-        '--config.model.depth=1', '--config.data.synthetic.num_train=16',
-        '--config.data.synthetic.num_validation=4', '--config.data.synthetic.num_test=6',
-        '--config.train.log_every_steps=1']
 
 
 def _run_on_4_devices(*args):
@@ -32,8 +27,15 @@ def _run_on_4_devices(*args):
 
 
 @pytest.fixture(scope='module')
-def one_step():
-  result = _run_on_4_devices(os.path.join('tests', 'multidevice_step.py'))
+def trained_workdir(tmp_path_factory):
+  return tmp_path_factory.mktemp('run')
+
+
+@pytest.fixture(scope='module')
+def one_step(trained_workdir):
+  """The child's JSON line; it also trains the synthetic config into `trained_workdir`."""
+  result = _run_on_4_devices(os.path.join('tests', 'multidevice_step.py'),
+                             str(trained_workdir))
   assert result.returncode == 0, result.stderr[-4000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -53,22 +55,23 @@ def test_bfloat16_step_keeps_float32_state_and_a_close_loss(one_step):
   assert one_step['loss_bf16'] == pytest.approx(one_step['loss_4'], rel=2e-2)
 
 
-def test_synthetic_config_trains_and_evaluates_on_four_devices(tmp_path):
-  result = _run_on_4_devices('main.py', f'--workdir={tmp_path}', *TINY)
-  assert result.returncode == 0, result.stderr[-4000:]
-  with open(tmp_path / 'metrics.jsonl') as f:
+def test_synthetic_config_trains_and_evaluates_on_four_devices(one_step, trained_workdir):
+  assert one_step['device_count'] == 4
+  with open(trained_workdir / 'metrics.jsonl') as f:
     rows = [json.loads(line) for line in f]
   assert [r['step'] for r in rows if 'train_loss' in r] == [1, 2]  # 16 images / batch 8.
   assert 'val_dice' in rows[-1]
-  with open(tmp_path / 'eval' / 'synthetic' / 'test' / 'summary.json') as f:
+  with open(trained_workdir / 'eval' / 'synthetic' / 'test' / 'summary.json') as f:
     assert json.load(f)['num_images'] == 6  # The short last batch was padded, then cut.
 
 
-def test_batch_not_divisible_by_the_devices_fails_clearly(tmp_path):
-  result = _run_on_4_devices('main.py', f'--workdir={tmp_path}', *TINY,
-                             '--config.train.batch_size=6')
-  assert result.returncode != 0
-  assert 'config.train.batch_size=6 is not divisible by the 4 devices' in result.stderr
+def test_batch_not_divisible_by_the_devices_fails_clearly(one_step):
+  """Training refuses it (main.py prints a ConfigError as one FATAL line, exit status 2:
+  test_usage_errors.py), before anything is written."""
+  refusal = one_step['batch_6']
+  assert refusal['error'].startswith('ConfigError: config.train.batch_size=6 is not divisible '
+                                     'by the 4 devices'), refusal
+  assert not refusal['wrote']
 
 
 def test_multi_host_runtime_starts_only_when_configured(monkeypatch):
