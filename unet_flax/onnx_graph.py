@@ -120,16 +120,16 @@ def _conv_block(g: _Graph, x: str, model, params, stats, name: str) -> str:
 def _upsample(g: _Graph, x: str, model, params, name: str) -> str:
   """`model.Upsample`: a 2x2 stride-2 transposed conv, or bilinear resize + 3x3 conv."""
   if model.upsample == 'transpose':
-    # As `model.PixelShuffleConvTranspose` computes it: one 1x1 conv to the 2 x 2 output
-    # pixels' channels, then depth-to-space. ONNX Runtime's ConvTranspose took 3x as long.
-    # The kernel is spatially flipped, as lax.conv_transpose flips it.
+    # `model.PixelShuffleConvTranspose` computes `nn.ConvTranspose`, which (as
+    # lax.conv_transpose) uses the spatially flipped kernel; ONNX's ConvTranspose does not
+    # flip. ONNX Runtime runs ConvTranspose in parallel over the batch; the alternative, a 1x1
+    # conv to 4x the channels then DepthToSpace, converts 4x the channels out of the blocked
+    # layout and then runs DepthToSpace's 6-D transpose on one thread.
     conv = params['ConvTranspose_0']
     kernel = np.asarray(conv['kernel'], np.float32)[::-1, ::-1]  # (2, 2, in, out)
-    features = kernel.shape[-1]
-    # DepthToSpace 'DCR' reads channel (2 i + j) * features + o for output pixel (i, j).
-    x = g.conv(x, {'kernel': kernel.transpose(2, 0, 1, 3).reshape(1, 1, -1, 4 * features),
-                   'bias': np.tile(np.asarray(conv['bias']), 4)}, name)
-    return g.op('DepthToSpace', [x], name, blocksize=2, mode='DCR')
+    kernel = g.constant(f'{name}/kernel', kernel.transpose(2, 3, 0, 1))  # (in, out, 2, 2)
+    bias = g.constant(f'{name}/bias', np.asarray(conv['bias'], np.float32))
+    return g.op('ConvTranspose', [x, kernel, bias], name, kernel_shape=[2, 2], strides=[2, 2])
   # jax.image.resize's bilinear upsampling: half-pixel centres, edges clamped.
   x = g.op('Resize', [x, '', g.constant(f'{name}/scales', np.array([1, 1, 2, 2], np.float32))],
            name, mode='linear', coordinate_transformation_mode='half_pixel')
