@@ -65,9 +65,16 @@ class _Graph:
                                                  **attributes))
     return output
 
-  def conv(self, x: str, conv, name: str, norm=None, stats=None) -> str:
+  def conv(self, inputs, conv, name: str, norm=None, stats=None) -> str:
     """Flax `nn.Conv` ('SAME' padding), with a BatchNorm (`norm` parameters, `stats`) folded
-    in: y = (conv(x) - mean) * scale / sqrt(var + eps) + bias is one convolution."""
+    in: y = (conv(x) - mean) * scale / sqrt(var + eps) + bias is one convolution.
+
+    `inputs` is a tensor, or a list of (tensor, channels) whose channel concatenation the
+    convolution reads: then it is written as one convolution per input, summed (the kernel
+    split along its input channels, the bias on the first). ONNX Runtime fuses the sum and a
+    following ReLU into one of the convolutions, and an input its blocked (NCHWc) convolutions
+    wrote stays in that layout: no concatenated tensor, no conversions to NCHW and back for it.
+    """
     kernel = np.asarray(conv['kernel'], np.float64)  # (kh, kw, in, out)
     bias = np.asarray(conv['bias'], np.float64) if 'bias' in conv else np.zeros(kernel.shape[-1])
     if stats is not None:
@@ -75,11 +82,23 @@ class _Graph:
                 np.sqrt(np.asarray(stats['var'], np.float64) + nn.BatchNorm.epsilon))
       kernel = kernel * factor
       bias = (bias - np.asarray(stats['mean'], np.float64)) * factor + np.asarray(norm['bias'])
-    size = kernel.shape[0]
-    return self.op('Conv', [x, self.constant(f'{name}/kernel',
-                                             kernel.transpose(3, 2, 0, 1).astype(np.float32)),
-                            self.constant(f'{name}/bias', bias.astype(np.float32))],
-                   name, kernel_shape=[size, size], pads=[size // 2] * 4)
+    if isinstance(inputs, str):
+      inputs = [(inputs, kernel.shape[2])]
+    if sum(channels for _, channels in inputs) != kernel.shape[2]:
+      raise ValueError(f'{name}: inputs of {[c for _, c in inputs]} channels for a kernel of '
+                       f'{kernel.shape[2]} input channels')
+    size, start, terms = kernel.shape[0], 0, []
+    for i, (x, channels) in enumerate(inputs):
+      part = kernel[:, :, start:start + channels].transpose(3, 2, 0, 1).astype(np.float32)
+      start += channels
+      weights = [x, self.constant(f'{name}/kernel', part)]
+      if i == 0:
+        weights.append(self.constant(f'{name}/bias', bias.astype(np.float32)))
+      terms.append(self.op('Conv', weights, name, kernel_shape=[size, size],
+                           pads=[size // 2] * 4))
+    while len(terms) > 1:
+      terms = [self.op('Add', terms[:2], name)] + terms[2:]
+    return terms[0]
 
   def group_norm(self, x: str, norm, groups: int, name: str) -> str:
     """Flax `nn.GroupNorm` over (channels of a group, H, W), NCHW."""
@@ -102,8 +121,9 @@ class _Graph:
                              self.constant('flip/step', np.array([-1], np.int64))], 'flip')
 
 
-def _conv_block(g: _Graph, x: str, model, params, stats, name: str) -> str:
-  """`model.ConvBlock`: two (3x3 conv, norm, ReLU); dropout is off in inference."""
+def _conv_block(g: _Graph, x, model, params, stats, name: str) -> str:
+  """`model.ConvBlock`: two (3x3 conv, norm, ReLU); dropout is off in inference. `x` as
+  `_Graph.conv` takes its inputs: a decoder block reads (upsampled, skip) as two."""
   for i in range(2):
     norm = params.get(f'norm_{i}')
     if model.norm == 'batch':
@@ -150,9 +170,11 @@ def _unet(g: _Graph, x: str, model, variables) -> tuple[str, str | None]:
                                'bottleneck')
   for level in reversed(range(model.depth)):
     x = _upsample(g, x, model, params[f'upsample_{level}'], f'upsample_{level}')
-    x = g.op('Concat', [x, skips[level]], f'concat_{level}', axis=1)
+    # concatenate([x, skip]) as the next convolution's two inputs (`_Graph.conv`).
+    features = model.base_features * 2**level
     name = f'decoder_{level}'
-    x = _conv_block(g, x, model, params[name], stats.get(name), name)
+    x = _conv_block(g, [(x, features), (skips[level], features)], model, params[name],
+                    stats.get(name), name)
   logits = g.conv(x, params['head'], 'head')
   if not model.presence_head:
     return logits, None
