@@ -199,7 +199,9 @@ def build(model, variables, image_size: int, flip_tta: bool):
   (and the sigmoid of each output), for batches of (N, image_size, image_size, 1) images."""
   g = _Graph()
   onnx, helper = g.onnx, g.onnx.helper
-  x = g.op('Transpose', [INPUT], 'to_nchw', perm=[0, 3, 1, 2])
+  # NHWC with one channel is NCHW's memory order: a reshape, no copy.
+  to_nchw = g.constant('to_nchw', np.array([-1, 1, image_size, image_size], np.int64))
+  x = g.op('Reshape', [INPUT, to_nchw], 'to_nchw')
   if flip_tta:  # One batch of the images and their mirrors; split and averaged below.
     x = g.op('Concat', [x, g.flip_width(x, 3)], 'flip_tta', axis=0)
   logits, presence = _unet(g, x, model, variables)
