@@ -200,10 +200,15 @@ def build(model, variables, image_size: int, flip_tta: bool):
   g = _Graph()
   onnx, helper = g.onnx, g.onnx.helper
   # NHWC with one channel is NCHW's memory order: a reshape, no copy.
-  to_nchw = g.constant('to_nchw', np.array([-1, 1, image_size, image_size], np.int64))
+  to_nchw = g.constant('to_nchw', np.array([0, 1, image_size, image_size], np.int64))
   x = g.op('Reshape', [INPUT, to_nchw], 'to_nchw')
   if flip_tta:  # One batch of the images and their mirrors; split and averaged below.
     x = g.op('Concat', [x, g.flip_width(x, 3)], 'flip_tta', axis=0)
+  # The network's batch dimension by name: shape inference leaves the Concat's batch
+  # dimension unnamed, and ONNX Runtime then could not tell that the two convolutions a
+  # decoder block sums (`_Graph.conv`) have one shape, so it did not fuse their sum and ReLU.
+  network_input = helper.make_tensor_value_info(
+      x, onnx.TensorProto.FLOAT, ['2N' if flip_tta else 'N', 1, image_size, image_size])
   logits, presence = _unet(g, x, model, variables)
 
   def one_per_image(tensor: str, shape: list[int], output: str) -> str:
@@ -231,7 +236,7 @@ def build(model, variables, image_size: int, flip_tta: bool):
       [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, spatial + [1])],
       [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, spatial if i < 2 else ['N'])
        for i, name in enumerate(outputs)],
-      g.initializers)
+      g.initializers, value_info=[network_input])
   proto = helper.make_model(graph, opset_imports=[helper.make_opsetid('', OPSET)],
                             producer_name='busi-unet', ir_version=IR_VERSION)
   onnx.checker.check_model(proto, full_check=True)
