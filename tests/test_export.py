@@ -119,6 +119,23 @@ def test_onnx_graph_matches_jax_for_each_model_option(norm, upsample, presence_h
   assert np.ptp(expected['lesion_probability']) > 0.01
 
 
+@pytest.mark.parametrize('flip_tta', [False, True])
+def test_onnx_runtime_fuses_every_relu_into_a_convolution(flip_tta, tmp_path):
+  """After ONNX Runtime's graph optimizations no ReLU, Concat of skips or DepthToSpace runs
+  on its own: each decoder block's (upsampled, skip) sum and ReLU fuse into a convolution.
+  (A batch dimension shape inference could not name once left them unfused.)"""
+  model = model_lib.UNet(base_features=16, depth=2, presence_head=True)
+  variables = model_lib.init_variables(model, 0, 32)
+  path = str(tmp_path / 'optimized.onnx')
+  ort.InferenceSession(onnx_graph.build(model, variables, 32, flip_tta).SerializeToString(),
+                       onnx_backend.session_options(optimized_model_filepath=path),
+                       providers=['CPUExecutionProvider'])
+  import onnx  # pylint: disable=g-import-not-at-top
+  ops = [node.op_type for node in onnx.load(path).graph.node]
+  assert 'Relu' not in ops and 'DepthToSpace' not in ops
+  assert ops.count('Concat') == flip_tta  # Only the batch of the images and their mirrors.
+
+
 def _mask_disagreement(masks_a, masks_b, expected_logits, threshold) -> tuple[int, int]:
   """(pixels where two lists of original-size masks differ, pixels of those where the
   expected probability is not within `export.TOLERANCE` of `threshold`)."""

@@ -16,20 +16,34 @@ from unet_flax import onnx_graph
 BACKENDS = ('auto', 'jax', 'onnxruntime')
 
 
+def session_options(threads: int = 0, **settings):
+  """The ONNX Runtime session options of `OnnxNetwork` (`settings`: attributes to set)."""
+  ort = onnx_graph.import_optional('onnxruntime', '--backend=onnxruntime')
+  options = ort.SessionOptions()
+  options.intra_op_num_threads = threads  # 0: one per physical core.
+  # Idle workers sleep instead of spinning: beside predict's reader and writer threads, or
+  # any other load, spinning took the cores they needed (2 threads: 19 against 24 images/s
+  # on a loaded 2-core machine).
+  options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+  for name, value in settings.items():
+    setattr(options, name, value)
+  return options
+
+
+def session(model, threads: int = 0, **settings):
+  """An ONNX Runtime CPU session of `model` (a path or serialized bytes) with
+  `session_options`."""
+  ort = onnx_graph.import_optional('onnxruntime', '--backend=onnxruntime')
+  return ort.InferenceSession(model, session_options(threads, **settings),
+                              providers=['CPUExecutionProvider'])
+
+
 class OnnxNetwork:
   """`model.inference_outputs(model, variables, images, flip_tta)` through ONNX Runtime."""
 
   def __init__(self, model, variables, image_size: int, flip_tta: bool, threads: int = 0):
-    ort = onnx_graph.import_optional('onnxruntime', '--backend=onnxruntime')
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads  # 0: one per physical core.
-    # Idle workers sleep instead of spinning: beside predict's reader and writer threads, or
-    # any other load, spinning took the cores they needed (2 threads: 19 against 24 images/s
-    # on a loaded 2-core machine).
-    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-    self._session = ort.InferenceSession(
-        onnx_graph.build(model, variables, image_size, flip_tta).SerializeToString(), options,
-        providers=['CPUExecutionProvider'])
+    self._session = session(onnx_graph.build(model, variables, image_size,
+                                             flip_tta).SerializeToString(), threads)
     self._outputs = [onnx_graph.LESION_OUTPUTS[0]]
     if model.presence_head:
       self._outputs.append(onnx_graph.PRESENCE_OUTPUTS[0])

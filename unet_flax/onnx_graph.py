@@ -65,9 +65,16 @@ class _Graph:
                                                  **attributes))
     return output
 
-  def conv(self, x: str, conv, name: str, norm=None, stats=None) -> str:
+  def conv(self, inputs, conv, name: str, norm=None, stats=None) -> str:
     """Flax `nn.Conv` ('SAME' padding), with a BatchNorm (`norm` parameters, `stats`) folded
-    in: y = (conv(x) - mean) * scale / sqrt(var + eps) + bias is one convolution."""
+    in: y = (conv(x) - mean) * scale / sqrt(var + eps) + bias is one convolution.
+
+    `inputs` is a tensor, or a list of (tensor, channels) whose channel concatenation the
+    convolution reads: then it is written as one convolution per input, summed (the kernel
+    split along its input channels, the bias on the first). ONNX Runtime fuses the sum and a
+    following ReLU into one of the convolutions, and an input its blocked (NCHWc) convolutions
+    wrote stays in that layout: no concatenated tensor, no conversions to NCHW and back for it.
+    """
     kernel = np.asarray(conv['kernel'], np.float64)  # (kh, kw, in, out)
     bias = np.asarray(conv['bias'], np.float64) if 'bias' in conv else np.zeros(kernel.shape[-1])
     if stats is not None:
@@ -75,11 +82,23 @@ class _Graph:
                 np.sqrt(np.asarray(stats['var'], np.float64) + nn.BatchNorm.epsilon))
       kernel = kernel * factor
       bias = (bias - np.asarray(stats['mean'], np.float64)) * factor + np.asarray(norm['bias'])
-    size = kernel.shape[0]
-    return self.op('Conv', [x, self.constant(f'{name}/kernel',
-                                             kernel.transpose(3, 2, 0, 1).astype(np.float32)),
-                            self.constant(f'{name}/bias', bias.astype(np.float32))],
-                   name, kernel_shape=[size, size], pads=[size // 2] * 4)
+    if isinstance(inputs, str):
+      inputs = [(inputs, kernel.shape[2])]
+    if sum(channels for _, channels in inputs) != kernel.shape[2]:
+      raise ValueError(f'{name}: inputs of {[c for _, c in inputs]} channels for a kernel of '
+                       f'{kernel.shape[2]} input channels')
+    size, start, terms = kernel.shape[0], 0, []
+    for i, (x, channels) in enumerate(inputs):
+      part = kernel[:, :, start:start + channels].transpose(3, 2, 0, 1).astype(np.float32)
+      start += channels
+      weights = [x, self.constant(f'{name}/kernel', part)]
+      if i == 0:
+        weights.append(self.constant(f'{name}/bias', bias.astype(np.float32)))
+      terms.append(self.op('Conv', weights, name, kernel_shape=[size, size],
+                           pads=[size // 2] * 4))
+    while len(terms) > 1:
+      terms = [self.op('Add', terms[:2], name)] + terms[2:]
+    return terms[0]
 
   def group_norm(self, x: str, norm, groups: int, name: str) -> str:
     """Flax `nn.GroupNorm` over (channels of a group, H, W), NCHW."""
@@ -102,8 +121,9 @@ class _Graph:
                              self.constant('flip/step', np.array([-1], np.int64))], 'flip')
 
 
-def _conv_block(g: _Graph, x: str, model, params, stats, name: str) -> str:
-  """`model.ConvBlock`: two (3x3 conv, norm, ReLU); dropout is off in inference."""
+def _conv_block(g: _Graph, x, model, params, stats, name: str) -> str:
+  """`model.ConvBlock`: two (3x3 conv, norm, ReLU); dropout is off in inference. `x` as
+  `_Graph.conv` takes its inputs: a decoder block reads (upsampled, skip) as two."""
   for i in range(2):
     norm = params.get(f'norm_{i}')
     if model.norm == 'batch':
@@ -120,16 +140,16 @@ def _conv_block(g: _Graph, x: str, model, params, stats, name: str) -> str:
 def _upsample(g: _Graph, x: str, model, params, name: str) -> str:
   """`model.Upsample`: a 2x2 stride-2 transposed conv, or bilinear resize + 3x3 conv."""
   if model.upsample == 'transpose':
-    # As `model.PixelShuffleConvTranspose` computes it: one 1x1 conv to the 2 x 2 output
-    # pixels' channels, then depth-to-space. ONNX Runtime's ConvTranspose took 3x as long.
-    # The kernel is spatially flipped, as lax.conv_transpose flips it.
+    # `model.PixelShuffleConvTranspose` computes `nn.ConvTranspose`, which (as
+    # lax.conv_transpose) uses the spatially flipped kernel; ONNX's ConvTranspose does not
+    # flip. ONNX Runtime runs ConvTranspose in parallel over the batch; the alternative, a 1x1
+    # conv to 4x the channels then DepthToSpace, converts 4x the channels out of the blocked
+    # layout and then runs DepthToSpace's 6-D transpose on one thread.
     conv = params['ConvTranspose_0']
     kernel = np.asarray(conv['kernel'], np.float32)[::-1, ::-1]  # (2, 2, in, out)
-    features = kernel.shape[-1]
-    # DepthToSpace 'DCR' reads channel (2 i + j) * features + o for output pixel (i, j).
-    x = g.conv(x, {'kernel': kernel.transpose(2, 0, 1, 3).reshape(1, 1, -1, 4 * features),
-                   'bias': np.tile(np.asarray(conv['bias']), 4)}, name)
-    return g.op('DepthToSpace', [x], name, blocksize=2, mode='DCR')
+    kernel = g.constant(f'{name}/kernel', kernel.transpose(2, 3, 0, 1))  # (in, out, 2, 2)
+    bias = g.constant(f'{name}/bias', np.asarray(conv['bias'], np.float32))
+    return g.op('ConvTranspose', [x, kernel, bias], name, kernel_shape=[2, 2], strides=[2, 2])
   # jax.image.resize's bilinear upsampling: half-pixel centres, edges clamped.
   x = g.op('Resize', [x, '', g.constant(f'{name}/scales', np.array([1, 1, 2, 2], np.float32))],
            name, mode='linear', coordinate_transformation_mode='half_pixel')
@@ -150,9 +170,11 @@ def _unet(g: _Graph, x: str, model, variables) -> tuple[str, str | None]:
                                'bottleneck')
   for level in reversed(range(model.depth)):
     x = _upsample(g, x, model, params[f'upsample_{level}'], f'upsample_{level}')
-    x = g.op('Concat', [x, skips[level]], f'concat_{level}', axis=1)
+    # concatenate([x, skip]) as the next convolution's two inputs (`_Graph.conv`).
+    features = model.base_features * 2**level
     name = f'decoder_{level}'
-    x = _conv_block(g, x, model, params[name], stats.get(name), name)
+    x = _conv_block(g, [(x, features), (skips[level], features)], model, params[name],
+                    stats.get(name), name)
   logits = g.conv(x, params['head'], 'head')
   if not model.presence_head:
     return logits, None
@@ -160,16 +182,18 @@ def _unet(g: _Graph, x: str, model, variables) -> tuple[str, str | None]:
   pooled = g.op('Flatten', [g.op('GlobalAveragePool', [bottleneck], 'presence')], 'presence')
   presence = g.op('Gemm', [pooled, g.constant('presence/kernel', np.asarray(dense['kernel'])),
                            g.constant('presence/bias', np.asarray(dense['bias']))], 'presence')
-  # `model.gate_logits`: a + b - logaddexp(softplus(a), b), with
-  # logaddexp(u, v) = max(u, v) + log(1 + exp(-|u - v|)).
+  # `model.gate_logits`: logit(sigmoid(a) sigmoid(b)) = a + b - log(1 + e^a + e^b)
+  # = a + b - m - log(e^-m + e^(a - m) + e^(b - m)) with m = max(a, b, 0): no exponent is
+  # positive. Exp, Log and the arithmetic are vectorized in ONNX Runtime; its Softplus (which
+  # `model.gate_logits` uses) took 25x an Exp.
   b = g.op('Reshape', [presence, g.constant('gate/shape', np.array([-1, 1, 1, 1], np.int64))],
            'gate')
-  u = g.op('Softplus', [logits], 'gate')
-  one = g.constant('gate/one', np.float32(1))
-  log_sum = g.op('Add', [g.op('Max', [u, b], 'gate'), g.op('Log', [g.op('Add', [one, g.op(
-      'Exp', [g.op('Neg', [g.op('Abs', [g.op('Sub', [u, b], 'gate')], 'gate')], 'gate')],
-      'gate')], 'gate')], 'gate')], 'gate')
-  gated = g.op('Sub', [g.op('Add', [logits, b], 'gate'), log_sum], 'gate')
+  zero = g.constant('gate/zero', np.float32(0))
+  m = g.op('Max', [logits, b, zero], 'gate')
+  exps = [g.op('Exp', [g.op('Sub', [t, m], 'gate')], 'gate') for t in (zero, logits, b)]
+  log_sum = g.op('Log', [g.op('Sum', exps, 'gate')], 'gate')
+  gated = g.op('Sub', [g.op('Sub', [g.op('Add', [logits, b], 'gate'), m], 'gate'), log_sum],
+               'gate')
   return gated, presence
 
 
@@ -178,9 +202,16 @@ def build(model, variables, image_size: int, flip_tta: bool):
   (and the sigmoid of each output), for batches of (N, image_size, image_size, 1) images."""
   g = _Graph()
   onnx, helper = g.onnx, g.onnx.helper
-  x = g.op('Transpose', [INPUT], 'to_nchw', perm=[0, 3, 1, 2])
+  # NHWC with one channel is NCHW's memory order: a reshape, no copy.
+  to_nchw = g.constant('to_nchw', np.array([0, 1, image_size, image_size], np.int64))
+  x = g.op('Reshape', [INPUT, to_nchw], 'to_nchw')
   if flip_tta:  # One batch of the images and their mirrors; split and averaged below.
     x = g.op('Concat', [x, g.flip_width(x, 3)], 'flip_tta', axis=0)
+  # The network's batch dimension by name: shape inference leaves the Concat's batch
+  # dimension unnamed, and ONNX Runtime then could not tell that the two convolutions a
+  # decoder block sums (`_Graph.conv`) have one shape, so it did not fuse their sum and ReLU.
+  network_input = helper.make_tensor_value_info(
+      x, onnx.TensorProto.FLOAT, ['2N' if flip_tta else 'N', 1, image_size, image_size])
   logits, presence = _unet(g, x, model, variables)
 
   def one_per_image(tensor: str, shape: list[int], output: str) -> str:
@@ -208,7 +239,7 @@ def build(model, variables, image_size: int, flip_tta: bool):
       [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, spatial + [1])],
       [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, spatial if i < 2 else ['N'])
        for i, name in enumerate(outputs)],
-      g.initializers)
+      g.initializers, value_info=[network_input])
   proto = helper.make_model(graph, opset_imports=[helper.make_opsetid('', OPSET)],
                             producer_name='busi-unet', ir_version=IR_VERSION)
   onnx.checker.check_model(proto, full_check=True)
