@@ -9,15 +9,13 @@ finished yet are left out, so the curve can be drawn while the script still runs
   python -m benchmarks.adaptation_figure --runs runs/adaptation \
       --output docs/figures/adaptation_curve.png
 """
+import argparse
 import json
 import os
+import sys
 
-from absl import app
-from absl import flags
 from matplotlib.figure import Figure
 
-_RUNS = flags.DEFINE_string('runs', 'runs/adaptation', 'RUNS folder of adaptation_curve.sh.')
-_OUTPUT = flags.DEFINE_string('output', 'docs/figures/adaptation_curve.png', 'Figure path.')
 _SIZES = ('10', '25', '50', '100', 'all')
 _TEST = os.path.join('eval', 'busbra', 'test')
 
@@ -108,15 +106,19 @@ def figure(rows: list[dict], path: str) -> None:
   fig.savefig(path)
 
 
-def main(argv):
-  del argv
-  rows = read_curve(_RUNS.value)
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--runs', default='runs/adaptation',
+                      help='RUNS folder of adaptation_curve.sh.')
+  parser.add_argument('--output', default='docs/figures/adaptation_curve.png', help='Figure path.')
+  args = parser.parse_args()
+  rows = read_curve(args.runs)
   if not rows:
-    raise app.UsageError(f'no finished run under {_RUNS.value}')
-  figure(rows, _OUTPUT.value)
+    sys.exit(f'no finished run under {args.runs}')
+  figure(rows, args.output)
   print(markdown(rows))
-  print(f'figure: {_OUTPUT.value}')
+  print(f'figure: {args.output}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()
