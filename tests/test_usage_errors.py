@@ -229,3 +229,18 @@ def test_help_exits_0_and_shows_the_usage(tmp_path, workdir):
   result = _main(['--help'], tmp_path, workdir)
   assert result.returncode == 0 and result.stderr == ''
   assert 'busi-unet command line' in result.stdout and '--threshold' in result.stdout
+
+
+def test_command_line_flags_are_defined_in_main_only():
+  """absl flags live in one registry: a second module that defines one (a benchmark, say)
+  breaks every process that imports it beside main.py with a DuplicateFlagError."""
+  offenders = []
+  for package in ('configs', 'unet_flax', 'data', 'benchmarks'):
+    for folder, _, files in os.walk(os.path.join(ROOT, package)):
+      for name in files:
+        path = os.path.join(folder, name)
+        if name.endswith('.py'):
+          with open(path, encoding='utf-8') as f:
+            if 'flags.DEFINE_' in f.read():
+              offenders.append(os.path.relpath(path, ROOT))
+  assert not offenders, f'absl flags defined outside main.py: {offenders}'
