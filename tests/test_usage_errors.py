@@ -7,6 +7,7 @@ its build, shows only when the data are loaded, a few seconds later: its FATAL l
 status 1) names the flags that set them in that mode.
 """
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -234,13 +235,8 @@ def test_help_exits_0_and_shows_the_usage(tmp_path, workdir):
 def test_command_line_flags_are_defined_in_main_only():
   """absl flags live in one registry: a second module that defines one (a benchmark, say)
   breaks every process that imports it beside main.py with a DuplicateFlagError."""
-  offenders = []
-  for package in ('configs', 'unet_flax', 'data', 'benchmarks'):
-    for folder, _, files in os.walk(os.path.join(ROOT, package)):
-      for name in files:
-        path = os.path.join(folder, name)
-        if name.endswith('.py'):
-          with open(path, encoding='utf-8') as f:
-            if 'flags.DEFINE_' in f.read():
-              offenders.append(os.path.relpath(path, ROOT))
+  offenders = [str(path.relative_to(ROOT))
+               for package in ('configs', 'unet_flax', 'data', 'benchmarks')
+               for path in sorted(pathlib.Path(ROOT, package).rglob('*.py'))
+               if 'flags.DEFINE_' in path.read_text(encoding='utf-8')]
   assert not offenders, f'absl flags defined outside main.py: {offenders}'
